@@ -1,0 +1,1 @@
+"""Hydra-configured experiments for glove-based Korean Sign Language fingerspelling recognition."""

@@ -1,0 +1,5 @@
+"""`python -m signglove_exp [overrides]`: one experiment, or a multirun with -m or sweep=..."""
+
+from signglove_exp.train import main
+
+main()
