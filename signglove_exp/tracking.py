@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
+from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +23,7 @@ from signglove_exp.report import sweep_table
 
 PARENT_ENV = "SIGNGLOVE_PARENT_RUN_ID"  # set by SweepTracking for the jobs of a multirun
 SWEEP_ENV = "SIGNGLOVE_SWEEP"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -89,9 +90,15 @@ def make_logger(cfg: DictConfig, tags: dict[str, str]) -> MLFlowLogger:
 
 
 def log_params(logger: MLFlowLogger, cfg: DictConfig, overrides: list[str]) -> None:
+    """Every resolved config value as a dotted param, and the command-line overrides.
+
+    Through the client, not `log_hyperparams`, which cuts values at 250 characters.
+    """
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params["overrides"] = " ".join(overrides) or "(none)"
-    logger.log_hyperparams(params)
+    items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        logger.experiment.log_batch(logger.run_id, params=items[i : i + 100])
 
 
 def log_files(logger: MLFlowLogger, files: list[Path], artifact_path: str | None = None) -> None:

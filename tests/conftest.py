@@ -1,0 +1,49 @@
+"""Configs composed exactly as the CLI composes them, pointed at temporary stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from signglove_exp.train import PROJECT_DIR
+
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One parse of the bundled episodes per test session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(str(PROJECT_DIR / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def make_cfg(tmp_path, cache_dir):
+    """compose(overrides) with outputs, the MLflow store and the run folder under tmp_path."""
+    return lambda *overrides: compose_config(*store_overrides(tmp_path, cache_dir), *overrides)
+
+
+def store_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
+    return [
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"data.cache_dir={cache_dir}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m signglove_exp ARGS` in a fresh process, as a user types it."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([sys.executable, "-m", "signglove_exp", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc

@@ -1,0 +1,143 @@
+"""Real runs, read back through the MLflow client: what a user of the UI would see."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import data, plots
+from signglove_exp.module import classification_metrics, load_checkpoint
+from signglove_exp.train import PROJECT_DIR, train
+from tests.conftest import compose_config, run_cli, store_overrides
+
+TEST_METRICS = ["test/acc", "test/balanced_acc", "test/f1_macro", "test/precision_macro", "test/recall_macro"]
+
+
+def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += all_artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, cache_dir):
+    """One real run from the command line: GRU, three epochs, a temporary SQLite store."""
+    tmp = tmp_path_factory.mktemp("cli")
+    overrides = [*store_overrides(tmp, cache_dir), "model=gru", "trainer=debug", "trainer.max_epochs=3",
+                 "trainer.limit_train_batches=10", "seed=7"]
+    proc = run_cli(*overrides, cwd=tmp)
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    return client, run, tmp, proc.stdout + proc.stderr
+
+
+def test_run_logs_flat_params_and_overrides(cli_run):
+    _, run, _, _ = cli_run
+    p = run.data.params
+    assert run.info.status == "FINISHED" and run.info.run_name == "gru-seed7"
+    assert p["model.name"] == "gru" and p["data.seq_len"] == "87" and p["optimizer.lr"] == "0.001"
+    assert p["trainer.max_epochs"] == "3" and p["split.strategy"] == "stratified"
+    assert "model=gru" in p["overrides"] and "seed=7" in p["overrides"]
+
+
+def test_run_logs_per_epoch_and_test_metrics(cli_run):
+    client, run, _, _ = cli_run
+    for key in ["train/loss", "val/loss", "val/acc", "val/f1_macro"]:
+        assert len(client.get_metric_history(run.info.run_id, key)) == 3, key
+    for key in TEST_METRICS:
+        assert 0.0 <= run.data.metrics[key] <= 1.0
+    assert run.data.metrics["model/n_params"] == 25_624
+    assert run.data.metrics["test/recall_macro"] == pytest.approx(run.data.metrics["test/balanced_acc"])
+
+
+def test_run_tags_commit_and_data_fingerprint(cli_run):
+    _, run, _, _ = cli_run
+    corpus = data.load_corpus(PROJECT_DIR / "data" / "signglove", ["ㄱ"], ["flex1"], 1)
+    assert run.data.tags["data.fingerprint"] == corpus.fingerprint
+    assert run.data.tags["mlflow.source.git.commit"] not in ("", "unknown")
+
+
+def test_run_logs_every_artifact(cli_run, tmp_path):
+    client, run, _, _ = cli_run
+    arts = all_artifacts(client, run.info.run_id)
+    for name in ["scaler.json", "config.yaml", "bad_files.tsv", "split_manifest.csv", "confusion_matrix.png",
+                 "confusion_matrix.csv"]:
+        assert name in arts
+    (ckpt,) = [a for a in arts if a.endswith(".ckpt")]
+    assert ckpt.startswith("checkpoints/epoch") and "/" not in ckpt.removeprefix("checkpoints/")
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    bad = (local / "bad_files.tsv").read_text(encoding="utf-8")
+    assert "unified_HB/ㅊ/3/episode_20251001_154132_ㅊ_3.csv\ttoo short: 1 rows" in bad
+    with open(local / "confusion_matrix.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == compose_config().data.classes
+    counts = np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+    assert counts.sum() == 577
+    assert np.trace(counts) / 577 == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)
+    scaler = json.loads((local / "scaler.json").read_text(encoding="utf-8"))
+    assert scaler["channels"] == ["flex1", "flex2", "flex3", "flex4", "flex5", "pitch", "roll", "yaw"]
+    assert "model:\n  name: gru" in (local / "config.yaml").read_text(encoding="utf-8")
+
+
+def test_logged_checkpoint_alone_reproduces_the_logged_test_metrics(cli_run, tmp_path, cache_dir):
+    client, run, _, _ = cli_run
+    (ckpt,) = [a for a in all_artifacts(client, run.info.run_id) if a.endswith(".ckpt")]
+    net, meta = load_checkpoint(client.download_artifacts(run.info.run_id, ckpt, str(tmp_path)))
+    assert meta["model"]["name"] == "gru" and meta["classes"][0] == "ㄱ" and meta["seq_len"] == 87
+    cfg = compose_config(f"data.cache_dir={cache_dir}")
+    corpus = data.load_corpus(cfg.data.root, meta["classes"], meta["channels"], cfg.data.min_len,
+                              cfg.data.signer_prefix, cache_dir=cache_dir)
+    test = data.split(corpus, cfg.split)["test"]
+    x, lengths = data.to_arrays([corpus.episodes[i].values for i in test], meta["scaler"], meta["seq_len"],
+                                meta["pad_value"])
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x), torch.from_numpy(lengths)).argmax(1).numpy()
+    ours = classification_metrics(np.array([corpus.episodes[i].label for i in test]), pred, 24)
+    for key in TEST_METRICS:
+        assert ours[key.removeprefix("test/")] == pytest.approx(run.data.metrics[key], abs=1e-6), key
+
+
+def test_same_config_twice_gives_the_same_test_metrics(make_cfg, tmp_path):
+    overrides = ["model=ms3d_gru", "trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    first, _ = train(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'first'}"))
+    second, _ = train(make_cfg(*overrides, f"paths.output_dir={tmp_path / 'second'}"))
+    for key in TEST_METRICS:
+        assert first[key] == second[key]
+
+
+def test_sweep_trains_all_four_models_as_one_group(tmp_path, cache_dir):
+    proc = run_cli(*store_overrides(tmp_path, cache_dir), "sweep=all_models", "trainer=debug",
+                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   cwd=tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("signglove").experiment_id
+    runs = client.search_runs([exp])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 5 and len(children) == 4
+    assert sorted(r.data.params["model.name"] for r in children) == ["gru", "ms3d_gru", "ms3d_stacked_gru",
+                                                                      "stacked_gru"]
+    assert {r.data.tags["sweep"] for r in children} == {parent.data.tags["sweep"]} == {"sweep"}
+    assert parent.info.status == "FINISHED"
+    assert "sweep_summary.md" in all_artifacts(client, parent.info.run_id)
+    table = (tmp_path / "sweep" / "sweep_summary.md").read_text(encoding="utf-8")
+    assert table in proc.stdout
+    for r in children:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {r.data.params['model.name']} |"))
+        assert f"{r.data.metrics['test/acc']:.4f}" in row and f"{int(r.data.metrics['model/n_params']):,}" in row
+
+
+def test_confusion_matrix_draws_hangul_without_missing_glyphs(tmp_path):
+    classes = list(compose_config().data.classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.confusion_matrix_figure(np.eye(24, dtype=int) * 5, classes, tmp_path / "cm.png", "jamo ㄱ..ㅣ")
+    assert (tmp_path / "cm.png").stat().st_size > 10_000
