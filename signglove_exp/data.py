@@ -108,7 +108,10 @@ def read_episode(path: Path, channels: list[str], min_len: int) -> tuple[np.ndar
         values = np.array(raw, dtype=np.float64).reshape(len(raw), len(cols))
     except ValueError:
         line, name, text = next(
-            (i, channels[k], v) for i, r in enumerate(raw, start=2) for k, v in enumerate(r) if not _is_float(v)
+            (i, channels[k], v)
+            for i, r in enumerate(raw, start=2)
+            for k, v in enumerate(r)
+            if not _is_float(v)
         )
         return None, f"line {line}: non-numeric value {text!r} in column {name}"
     bad = ~np.isfinite(values)
@@ -153,8 +156,9 @@ def load_corpus(
     if not files:
         raise FileNotFoundError(f"no episode_*.csv files under data.root {root}")
     fingerprint = fingerprint_files(root, files)
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, fingerprint, channels, classes, min_len, signer_prefix])
-                         .encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([CACHE_VERSION, fingerprint, channels, classes, min_len, signer_prefix]).encode()
+    ).hexdigest()[:16]
     cache = Path(cache_dir) / f"episodes-{key}.npz" if cache_dir else None
     if cache and cache.is_file():
         corpus = _read_cache(cache, root, classes, channels, fingerprint)
@@ -213,7 +217,9 @@ def _read_cache(path: Path, root: Path, classes, channels, fingerprint) -> Corpu
     return Corpus(root, list(classes), list(channels), episodes, unlabelled, fingerprint)
 
 
-def split_stratified(labels: np.ndarray, seed: int, test_size: float, val_size: float) -> dict[str, np.ndarray]:
+def split_stratified(
+    labels: np.ndarray, seed: int, test_size: float, val_size: float
+) -> dict[str, np.ndarray]:
     """Upstream's two calls to train_test_split, so the reference partition is reproduced exactly."""
     idx = np.arange(len(labels))
     rest, test = train_test_split(idx, test_size=test_size, stratify=labels, random_state=seed)
@@ -222,7 +228,7 @@ def split_stratified(labels: np.ndarray, seed: int, test_size: float, val_size: 
 
 
 def split(corpus: Corpus, cfg) -> dict[str, list[int]]:
-    """Split every labelled episode (rejected ones included, so none moves another), then drop the rejected."""
+    """Split every labelled episode, rejected ones included so none moves another; then drop those."""
     labels = np.array([e.label for e in corpus.episodes])
     if cfg.strategy != "stratified":
         raise ValueError(f"unknown split.strategy {cfg.strategy!r}")
@@ -293,7 +299,9 @@ def write_reports(prepared: Prepared, out_dir: Path) -> list[Path]:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "part", "jamo", "signer", "session"])
         for i, e in enumerate(corpus.episodes):
-            w.writerow([e.path, part_of.get(i, "rejected" if e.reason else "unused"), e.jamo, e.signer, e.session])
+            w.writerow(
+                [e.path, part_of.get(i, "rejected" if e.reason else "unused"), e.jamo, e.signer, e.session]
+            )
     scaler = out_dir / "scaler.json"
     scaler.write_text(json.dumps(prepared.scaler, indent=2, ensure_ascii=False), encoding="utf-8")
     return [bad, manifest, scaler]

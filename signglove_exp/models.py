@@ -36,7 +36,10 @@ def rnn_head(hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
         OrderedDict(
             output_layers=nn.Sequential(
-                nn.Linear(hidden, 2 * hidden), nn.Dropout(dropout), nn.Tanh(), nn.Linear(2 * hidden, n_classes)
+                nn.Linear(hidden, 2 * hidden),
+                nn.Dropout(dropout),
+                nn.Tanh(),
+                nn.Linear(2 * hidden, n_classes),
             )
         )
     )
@@ -51,8 +54,16 @@ def cnn_head(hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
 class GRU(nn.Module):
     """One- or multi-layer GRU; `input_projection > 0` adds upstream's Linear(C -> P) before it."""
 
-    def __init__(self, n_channels=8, n_classes=24, hidden=64, layers=1, dropout=0.2, input_projection=0,
-                 readout="last_real"):
+    def __init__(
+        self,
+        n_channels=8,
+        n_classes=24,
+        hidden=64,
+        layers=1,
+        dropout=0.2,
+        input_projection=0,
+        readout="last_real",
+    ):
         super().__init__()
         rnn_dropout = dropout if layers > 1 else 0.0
         if input_projection:
@@ -99,7 +110,7 @@ class _MS3D(nn.Module):
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T // time_pool, filters * towers); channel c sits in grid cell (c // cols, c % cols)."""
+        """(B, T, C) -> (B, T // time_pool, filters * towers); channel c in cell (c // cols, c % cols)."""
         b, t, c = x.shape
         rows, cols = self.grid
         if c < rows * cols:  # empty grid cells hold zeros (the mean, in scaled units)
@@ -110,8 +121,18 @@ class _MS3D(nn.Module):
 
 
 class MS3DGRU(_MS3D):
-    def __init__(self, n_channels=8, n_classes=24, hidden=64, filters=32, kernels=(3, 5, 7), grid=(4, 2),
-                 time_pool=2, dropout=0.2, readout="last_real"):
+    def __init__(
+        self,
+        n_channels=8,
+        n_classes=24,
+        hidden=64,
+        filters=32,
+        kernels=(3, 5, 7),
+        grid=(4, 2),
+        time_pool=2,
+        dropout=0.2,
+        readout="last_real",
+    ):
         super().__init__(n_channels, filters, kernels, grid, time_pool, dropout, stacked_towers=False)
         self.gru = nn.GRU(filters * len(kernels), hidden, batch_first=True)
         self.dropout = nn.Dropout(dropout)
@@ -124,8 +145,18 @@ class MS3DGRU(_MS3D):
 
 
 class MS3DStackedGRU(_MS3D):
-    def __init__(self, n_channels=8, n_classes=24, hidden=64, filters=32, kernels=(3, 5, 7), grid=(4, 2),
-                 time_pool=1, dropout=0.2, readout="last_real"):
+    def __init__(
+        self,
+        n_channels=8,
+        n_classes=24,
+        hidden=64,
+        filters=32,
+        kernels=(3, 5, 7),
+        grid=(4, 2),
+        time_pool=1,
+        dropout=0.2,
+        readout="last_real",
+    ):
         super().__init__(n_channels, filters, kernels, grid, time_pool, dropout, stacked_towers=True)
         self.gru1 = nn.GRU(filters * len(kernels), hidden, batch_first=True)
         self.gru2 = nn.GRU(hidden, hidden, batch_first=True)
@@ -139,7 +170,12 @@ class MS3DStackedGRU(_MS3D):
         return self.output_layers(self.dropout(last_step(seq, lengths, self.time_pool, self.readout)))
 
 
-ARCHITECTURES = {"gru": GRU, "stacked_gru": StackedGRU, "ms3d_gru": MS3DGRU, "ms3d_stacked_gru": MS3DStackedGRU}
+ARCHITECTURES = {
+    "gru": GRU,
+    "stacked_gru": StackedGRU,
+    "ms3d_gru": MS3DGRU,
+    "ms3d_stacked_gru": MS3DStackedGRU,
+}
 
 
 def build_model(name: str, **hparams) -> nn.Module:

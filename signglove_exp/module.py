@@ -87,7 +87,11 @@ class Classifier(pl.LightningModule):
             return optimizer
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler(optimizer), "monitor": "val/loss", "interval": "epoch"},
+            "lr_scheduler": {
+                "scheduler": self.scheduler(optimizer),
+                "monitor": "val/loss",
+                "interval": "epoch",
+            },
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -33,8 +33,17 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], path: Path, titl
     n = len(classes)
     fig, ax = plt.subplots(figsize=(0.42 * n + 3, 0.36 * n + 2.5))
     counts = np.where(cm > 0, cm.astype(str), "")  # zeros left blank so the errors stand out
-    sns.heatmap(cm, annot=counts, fmt="", cmap="Blues", cbar=False, xticklabels=classes, yticklabels=classes,
-                annot_kws={"size": 8}, ax=ax)
+    sns.heatmap(
+        cm,
+        annot=counts,
+        fmt="",
+        cmap="Blues",
+        cbar=False,
+        xticklabels=classes,
+        yticklabels=classes,
+        annot_kws={"size": 8},
+        ax=ax,
+    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)

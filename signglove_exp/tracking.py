@@ -69,7 +69,9 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
 def git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -109,11 +111,18 @@ def log_files(logger: MLFlowLogger, files: list[Path], artifact_path: str | None
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[dict]:
     """The runs of one sweep as plain dicts of params, metrics and tags, oldest first."""
     runs = client.search_runs(
-        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", order_by=["attributes.start_time ASC"]
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
     )
     return [
-        {"run_id": r.info.run_id, "status": r.info.status, "params": r.data.params, "metrics": r.data.metrics,
-         "tags": r.data.tags}
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "params": r.data.params,
+            "metrics": r.data.metrics,
+            "tags": r.data.tags,
+        }
         for r in runs
     ]
 
@@ -128,7 +137,8 @@ class SweepTracking(Callback):
         self.client, self.experiment_id = ensure_experiment(config)
         sweep = Path(config.hydra.sweep.dir).name
         run = self.client.create_run(
-            self.experiment_id, run_name=f"sweep-{sweep}",
+            self.experiment_id,
+            run_name=f"sweep-{sweep}",
             tags={"sweep": sweep, "mlflow.source.git.commit": git_commit()},
         )
         self.parent = run.info.run_id
@@ -147,6 +157,8 @@ class SweepTracking(Callback):
         self.client.log_artifact(self.parent, str(out))
         self.client.log_metric(self.parent, "time/sweep_s", time.time() - self.started)
         failed = any(r["status"] != "FINISHED" for r in runs)
-        self.client.set_terminated(self.parent, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+        self.client.set_terminated(
+            self.parent, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+        )
         for key in (PARENT_ENV, SWEEP_ENV):
             os.environ.pop(key, None)

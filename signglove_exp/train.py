@@ -41,8 +41,9 @@ def project_version() -> str:
 def loader(arrays, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     x, lengths, y = (torch.from_numpy(a) for a in arrays)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(TensorDataset(x, lengths, y), batch_size=batch_size or len(y), shuffle=shuffle,
-                      generator=generator)
+    return DataLoader(
+        TensorDataset(x, lengths, y), batch_size=batch_size or len(y), shuffle=shuffle, generator=generator
+    )
 
 
 def checkpoint_meta(cfg: DictConfig, prepared: data.Prepared, n_channels: int, n_classes: int) -> dict:
@@ -94,25 +95,40 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     logger = tracking.make_logger(cfg, {"data.fingerprint": prepared.corpus.fingerprint})
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     tracking.log_params(logger, cfg, overrides)
-    logger.log_metrics({"model/n_params": n_params, **{f"data/n_{p}": len(i) for p, i in prepared.parts.items()},
-                        "data/n_rejected": len(prepared.corpus.rejected)})
+    logger.log_metrics(
+        {
+            "model/n_params": n_params,
+            **{f"data/n_{p}": len(i) for p, i in prepared.parts.items()},
+            "data/n_rejected": len(prepared.corpus.rejected),
+        }
+    )
     reports = data.write_reports(prepared, out_dir)
     n_bad = len(prepared.corpus.rejected)
     if n_bad:
         print(f"Skipped {n_bad} unusable episode file(s); reasons in {out_dir / 'bad_files.tsv'}")
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                                      default_root_dir=str(out_dir))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir)
+    )
     started = time.time()
     trainer.fit(module, train_dl, val_dl)
     train_s = time.time() - started
     best = trainer.checkpoint_callback.best_model_path
     trainer.test(module, test_dl, ckpt_path=best or None, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) if best else trainer.current_epoch
-    logger.log_metrics({"best_epoch": best_epoch, "time/train_s": train_s,
-                        "time/epoch_s": train_s / max(trainer.current_epoch, 1)})
+    best_epoch = (
+        int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
+        if best
+        else trainer.current_epoch
+    )
+    logger.log_metrics(
+        {
+            "best_epoch": best_epoch,
+            "time/train_s": train_s,
+            "time/epoch_s": train_s / max(trainer.current_epoch, 1),
+        }
+    )
 
     config_file = out_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
@@ -121,11 +137,18 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     tracking.log_files(logger, files)
     if best:
         tracking.log_files(logger, [Path(best)], "checkpoints")
-    print(f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
-          f"(best epoch {best_epoch}); MLflow run {logger.run_id} at {tracking.tracking_uri(cfg)}")
+    print(
+        f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
+        f"(best epoch {best_epoch}); MLflow run {logger.run_id} at {tracking.tracking_uri(cfg)}"
+    )
     metrics.update({"best_epoch": best_epoch, "time/train_s": train_s, "model/n_params": n_params})
-    return metrics, {"prepared": prepared, "module": module, "run_id": logger.run_id, "best_checkpoint": best,
-                     "output_dir": out_dir}
+    return metrics, {
+        "prepared": prepared,
+        "module": module,
+        "run_id": logger.run_id,
+        "best_checkpoint": best,
+        "output_dir": out_dir,
+    }
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_DIR / "conf"), config_name="config")

@@ -13,7 +13,6 @@ from hydra import compose, initialize_config_dir
 from signglove_exp.train import PROJECT_DIR
 
 
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One parse of the bundled episodes per test session."""
@@ -43,7 +42,13 @@ def store_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m signglove_exp ARGS` in a fresh process, as a user types it."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([sys.executable, "-m", "signglove_exp", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "signglove_exp", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -51,7 +51,9 @@ def test_scaler_is_fitted_on_the_train_splits_real_steps_only(prepared):
     for i in prepared.parts["train"]:
         path = root / prepared.corpus.episodes[i].path
         header = path.read_text(encoding="utf-8").splitlines()[0].split(",")
-        steps.append(np.loadtxt(path, delimiter=",", skiprows=1, usecols=[header.index(c) for c in channels], ndmin=2))
+        steps.append(
+            np.loadtxt(path, delimiter=",", skiprows=1, usecols=[header.index(c) for c in channels], ndmin=2)
+        )
     reference = StandardScaler().fit(np.concatenate(steps))
     np.testing.assert_allclose(prepared.scaler["mean"], reference.mean_, rtol=1e-12)
     np.testing.assert_allclose(prepared.scaler["scale"], reference.scale_, rtol=1e-12)
@@ -110,8 +112,16 @@ def test_malformed_episodes_are_reported_with_file_and_reason(prepared, tmp_path
 
     corpus = data.load_corpus(root, prepared.corpus.classes, prepared.corpus.channels, 10, "unified_")
     reasons = {Path(p).name: r for p, r in corpus.rejected}
-    assert set(reasons) == {"episode_nan.csv", "episode_text.csv", "episode_nocol.csv", "episode_short.csv",
-                            "episode_empty.csv", "episode_ragged.csv", "episode_binary.csv", "episode_unknown.csv"}
+    assert set(reasons) == {
+        "episode_nan.csv",
+        "episode_text.csv",
+        "episode_nocol.csv",
+        "episode_short.csv",
+        "episode_empty.csv",
+        "episode_ragged.csv",
+        "episode_binary.csv",
+        "episode_unknown.csv",
+    }
     assert "non-finite value 'nan'" in reasons["episode_nan.csv"] and "line 7" in reasons["episode_nan.csv"]
     assert reasons["episode_text.csv"] == "line 5: non-numeric value 'abc' in column pitch"
     assert reasons["episode_nocol.csv"] == "missing column(s) flex3"
@@ -132,12 +142,26 @@ def test_cache_returns_what_parsing_returns(prepared, tmp_path):
     root = tmp_path / "episodes"
     _copy_real(prepared.corpus.root, root, n_per_class=3)
     (root / "unified_XX" / "ㄱ" / "1" / "episode_bad.csv").write_text("flex1\n1\n", encoding="utf-8")
-    args = (root, prepared.corpus.classes, prepared.corpus.channels, 10, "unified_", "skip", tmp_path / "cache")
+    args = (
+        root,
+        prepared.corpus.classes,
+        prepared.corpus.channels,
+        10,
+        "unified_",
+        "skip",
+        tmp_path / "cache",
+    )
     first, second = data.load_corpus(*args), data.load_corpus(*args)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
     assert second.rejected == first.rejected and second.fingerprint == first.fingerprint
     for a, b in zip(first.episodes, second.episodes, strict=True):
-        assert (a.path, a.label, a.signer, a.session, a.reason) == (b.path, b.label, b.signer, b.session, b.reason)
+        assert (a.path, a.label, a.signer, a.session, a.reason) == (
+            b.path,
+            b.label,
+            b.signer,
+            b.session,
+            b.reason,
+        )
         assert (a.values is None and b.values is None) or np.array_equal(a.values, b.values)
 
 

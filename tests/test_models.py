@@ -7,7 +7,12 @@ from signglove_exp.models import ARCHITECTURES, GRU, build_model, count_paramete
 
 REFERENCE_PARAMS = {"gru": 25_624, "stacked_gru": 50_584, "ms3d_gru": 58_840, "ms3d_stacked_gru": 167_032}
 # the module whose output sequence the head reads, and that sequence's time pooling factor
-RECURRENT = {"gru": ("RNN", 1), "stacked_gru": ("RNN", 1), "ms3d_gru": ("gru", 2), "ms3d_stacked_gru": ("gru2", 1)}
+RECURRENT = {
+    "gru": ("RNN", 1),
+    "stacked_gru": ("RNN", 1),
+    "ms3d_gru": ("gru", 2),
+    "ms3d_stacked_gru": ("gru2", 1),
+}
 
 
 def test_every_architecture_has_a_reference_size():

@@ -31,8 +31,14 @@ def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) ->
 def cli_run(tmp_path_factory, cache_dir):
     """One real run from the command line: GRU, three epochs, a temporary SQLite store."""
     tmp = tmp_path_factory.mktemp("cli")
-    overrides = [*store_overrides(tmp, cache_dir), "model=gru", "trainer=debug", "trainer.max_epochs=3",
-                 "trainer.limit_train_batches=10", "seed=7"]
+    overrides = [
+        *store_overrides(tmp, cache_dir),
+        "model=gru",
+        "trainer=debug",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=10",
+        "seed=7",
+    ]
     proc = run_cli(*overrides, cwd=tmp)
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
@@ -68,8 +74,14 @@ def test_run_tags_commit_and_data_fingerprint(cli_run):
 def test_run_logs_every_artifact(cli_run, tmp_path):
     client, run, _, _ = cli_run
     arts = all_artifacts(client, run.info.run_id)
-    for name in ["scaler.json", "config.yaml", "bad_files.tsv", "split_manifest.csv", "confusion_matrix.png",
-                 "confusion_matrix.csv"]:
+    for name in [
+        "scaler.json",
+        "config.yaml",
+        "bad_files.tsv",
+        "split_manifest.csv",
+        "confusion_matrix.png",
+        "confusion_matrix.csv",
+    ]:
         assert name in arts
     (ckpt,) = [a for a in arts if a.endswith(".ckpt")]
     assert ckpt.startswith("checkpoints/epoch") and "/" not in ckpt.removeprefix("checkpoints/")
@@ -93,11 +105,18 @@ def test_logged_checkpoint_alone_reproduces_the_logged_test_metrics(cli_run, tmp
     net, meta = load_checkpoint(client.download_artifacts(run.info.run_id, ckpt, str(tmp_path)))
     assert meta["model"]["name"] == "gru" and meta["classes"][0] == "ㄱ" and meta["seq_len"] == 87
     cfg = compose_config(f"data.cache_dir={cache_dir}")
-    corpus = data.load_corpus(cfg.data.root, meta["classes"], meta["channels"], cfg.data.min_len,
-                              cfg.data.signer_prefix, cache_dir=cache_dir)
+    corpus = data.load_corpus(
+        cfg.data.root,
+        meta["classes"],
+        meta["channels"],
+        cfg.data.min_len,
+        cfg.data.signer_prefix,
+        cache_dir=cache_dir,
+    )
     test = data.split(corpus, cfg.split)["test"]
-    x, lengths = data.to_arrays([corpus.episodes[i].values for i in test], meta["scaler"], meta["seq_len"],
-                                meta["pad_value"])
+    x, lengths = data.to_arrays(
+        [corpus.episodes[i].values for i in test], meta["scaler"], meta["seq_len"], meta["pad_value"]
+    )
     with torch.no_grad():
         pred = net(torch.from_numpy(x), torch.from_numpy(lengths)).argmax(1).numpy()
     ours = classification_metrics(np.array([corpus.episodes[i].label for i in test]), pred, 24)
@@ -114,25 +133,39 @@ def test_same_config_twice_gives_the_same_test_metrics(make_cfg, tmp_path):
 
 
 def test_sweep_trains_all_four_models_as_one_group(tmp_path, cache_dir):
-    proc = run_cli(*store_overrides(tmp_path, cache_dir), "sweep=all_models", "trainer=debug",
-                   "trainer.max_epochs=1", "trainer.limit_train_batches=2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                   cwd=tmp_path)
+    proc = run_cli(
+        *store_overrides(tmp_path, cache_dir),
+        "sweep=all_models",
+        "trainer=debug",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("signglove").experiment_id
     runs = client.search_runs([exp])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(runs) == 5 and len(children) == 4
-    assert sorted(r.data.params["model.name"] for r in children) == ["gru", "ms3d_gru", "ms3d_stacked_gru",
-                                                                      "stacked_gru"]
+    assert sorted(r.data.params["model.name"] for r in children) == [
+        "gru",
+        "ms3d_gru",
+        "ms3d_stacked_gru",
+        "stacked_gru",
+    ]
     assert {r.data.tags["sweep"] for r in children} == {parent.data.tags["sweep"]} == {"sweep"}
     assert parent.info.status == "FINISHED"
     assert "sweep_summary.md" in all_artifacts(client, parent.info.run_id)
     table = (tmp_path / "sweep" / "sweep_summary.md").read_text(encoding="utf-8")
     assert table in proc.stdout
     for r in children:
-        row = next(line for line in table.splitlines() if line.startswith(f"| {r.data.params['model.name']} |"))
-        assert f"{r.data.metrics['test/acc']:.4f}" in row and f"{int(r.data.metrics['model/n_params']):,}" in row
+        row = next(
+            line for line in table.splitlines() if line.startswith(f"| {r.data.params['model.name']} |")
+        )
+        assert (
+            f"{r.data.metrics['test/acc']:.4f}" in row and f"{int(r.data.metrics['model/n_params']):,}" in row
+        )
 
 
 def test_confusion_matrix_draws_hangul_without_missing_glyphs(tmp_path):

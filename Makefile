@@ -1,0 +1,36 @@
+# `make train` and `make test` set everything up on a machine with only Python 3.11.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
+
+.PHONY: setup train sweep test lint ui clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## virtual environment with the project and its test tools
+
+train: setup  ## the main job: train one model (ARGS="model=gru seed=7" to change it)
+	$(BIN)/python -m signglove_exp $(ARGS)
+	@echo "Compare runs in the MLflow UI: make ui  (or: $(BIN)/mlflow ui --backend-store-uri $(STORE))"
+
+sweep: setup  ## all four architectures in one multirun, ending with a comparison table
+	$(BIN)/python -m signglove_exp sweep=all_models $(ARGS)
+
+test: setup lint  ## the fast suite (slow tests: $(BIN)/pytest -m slow)
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the local store
+	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port 5000
+
+clean:  ## run folders, the MLflow store, the data cache and the unpacked data
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf data/signglove
