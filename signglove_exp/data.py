@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 PARTS = ("train", "val", "test")
 CACHE_VERSION = 1  # bump when parsing rules change, so old caches are not reused
@@ -227,13 +227,76 @@ def split_stratified(
     return {"train": train, "val": val, "test": test}
 
 
+def _carve_val(
+    idx: np.ndarray, labels: np.ndarray, val_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    train, val = train_test_split(idx, test_size=val_size, stratify=labels[idx], random_state=seed)
+    return train, val
+
+
+def split_kfold(
+    labels: np.ndarray, seed: int, n_folds: int, fold: int, val_size: float
+) -> dict[str, np.ndarray]:
+    """Fold `fold` of a stratified k-fold is the test part; validation is carved from the other folds."""
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"split.fold={fold} is outside 0..{n_folds - 1} (split.n_folds={n_folds})")
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(labels, labels)
+    rest, test = list(folds)[fold]
+    train, val = _carve_val(rest, labels, val_size, seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def split_by_group(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    test_groups: list[str],
+    val_groups: list[str] | None,
+    val_size: float,
+    seed: int,
+    what: str,
+) -> dict[str, np.ndarray]:
+    """Whole groups (signers, sessions) held out for test, and for validation when val_groups is given."""
+    known = sorted(set(groups.tolist()))
+    for g in [*test_groups, *(val_groups or [])]:
+        if g not in known:
+            raise ValueError(f"{what} {g!r} is not in the data; known: {', '.join(known)}")
+    idx = np.arange(len(labels))
+    test = idx[np.isin(groups, test_groups)]
+    if val_groups:
+        val = idx[np.isin(groups, val_groups)]
+        train = idx[~np.isin(groups, [*test_groups, *val_groups])]
+    else:
+        train, val = _carve_val(idx[~np.isin(groups, test_groups)], labels, val_size, seed)
+    return {"train": train, "val": val, "test": test}
+
+
 def split(corpus: Corpus, cfg) -> dict[str, list[int]]:
     """Split every labelled episode, rejected ones included so none moves another; then drop those."""
-    labels = np.array([e.label for e in corpus.episodes])
-    if cfg.strategy != "stratified":
-        raise ValueError(f"unknown split.strategy {cfg.strategy!r}")
-    parts = split_stratified(labels, cfg.seed, cfg.test_size, cfg.val_size)
-    return {p: sorted(int(i) for i in parts[p] if corpus.episodes[i].reason is None) for p in PARTS}
+    eps = corpus.episodes
+    labels = np.array([e.label for e in eps])
+    if cfg.strategy == "stratified":
+        parts = split_stratified(labels, cfg.seed, cfg.test_size, cfg.val_size)
+    elif cfg.strategy == "kfold":
+        parts = split_kfold(labels, cfg.seed, cfg.n_folds, cfg.fold, cfg.val_size)
+    elif cfg.strategy == "by_session":  # session k of every signer: a whole recording block held out
+        sessions = np.array([e.session for e in eps])
+        val_sessions = [str(v) for v in cfg.val_sessions] if cfg.val_sessions else None
+        test_sessions = [str(v) for v in cfg.test_sessions]
+        parts = split_by_group(
+            labels, sessions, test_sessions, val_sessions, cfg.val_size, cfg.seed, "session"
+        )
+    elif cfg.strategy == "by_signer":
+        signers = np.array([e.signer for e in eps])
+        parts = split_by_group(labels, signers, [cfg.test_signer], None, cfg.val_size, cfg.seed, "signer")
+    else:
+        raise ValueError(
+            f"unknown split.strategy {cfg.strategy!r}; known: stratified, kfold, by_session, by_signer"
+        )
+    out = {p: sorted(int(i) for i in parts[p] if eps[i].reason is None) for p in PARTS}
+    empty = [p for p in PARTS if not out[p]]
+    if empty:
+        raise ValueError(f"split.strategy={cfg.strategy} leaves no usable episode in: {', '.join(empty)}")
+    return out
 
 
 def fit_scaler(values: list[np.ndarray], channels: list[str]) -> dict:
@@ -285,7 +348,7 @@ def prepare(cfg_data, cfg_split) -> Prepared:
 
 
 def write_reports(prepared: Prepared, out_dir: Path) -> list[Path]:
-    """The bad-file report, the split manifest and the scaler, as files for the run folder."""
+    """The bad-file report, the split manifest, per-part class counts and the scaler, as run files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus = prepared.corpus
     bad = out_dir / "bad_files.tsv"
@@ -302,6 +365,14 @@ def write_reports(prepared: Prepared, out_dir: Path) -> list[Path]:
             w.writerow(
                 [e.path, part_of.get(i, "rejected" if e.reason else "unused"), e.jamo, e.signer, e.session]
             )
+    counts = out_dir / "class_counts.csv"
+    with open(counts, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["jamo", *PARTS])
+        for label, jamo in enumerate(corpus.classes):
+            w.writerow(
+                [jamo, *(sum(corpus.episodes[i].label == label for i in prepared.parts[p]) for p in PARTS)]
+            )
     scaler = out_dir / "scaler.json"
     scaler.write_text(json.dumps(prepared.scaler, indent=2, ensure_ascii=False), encoding="utf-8")
-    return [bad, manifest, scaler]
+    return [bad, manifest, counts, scaler]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -107,3 +108,16 @@ def load_checkpoint(path) -> tuple[nn.Module, dict]:
     net = build_model(**meta["model"])
     net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
     return net.eval(), meta
+
+
+@torch.no_grad()
+def latency_ms(net: nn.Module, x: torch.Tensor, lengths: torch.Tensor, repeats: int = 50) -> float:
+    """Median wall time of one single-episode forward pass on this machine's CPU, in ms."""
+    net.eval()
+    times = []
+    for i in range(repeats + 5):
+        j = i % len(x)
+        started = time.perf_counter()
+        net(x[j : j + 1], lengths[j : j + 1])
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[5:]) * 1000)

@@ -52,3 +52,64 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], path: Path, titl
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def confusion_grid(matrices: dict[str, np.ndarray], classes: list[str], path: Path) -> Path:
+    """One row-normalised confusion matrix per model, side by side, so error patterns compare."""
+    use_hangul_font()
+    n = len(matrices)
+    cols = min(n, 2)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(8.5 * cols, 7.5 * rows), squeeze=False)
+    for ax, (model, cm) in zip(axes.flat, matrices.items(), strict=False):
+        norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+        sns.heatmap(
+            norm,
+            vmin=0,
+            vmax=1,
+            cmap="Blues",
+            cbar=False,
+            xticklabels=classes,
+            yticklabels=classes,
+            square=True,
+            ax=ax,
+        )
+        ax.set_title(f"{model}: accuracy {np.trace(cm) / max(cm.sum(), 1):.4f} ({int(cm.sum())} episodes)")
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.tick_params(axis="both", labelsize=11, rotation=0)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def per_class_heatmap(
+    values: dict[str, np.ndarray], classes: list[str], path: Path, label: str = "F1"
+) -> Path:
+    """Models x classes, so the jamo a model struggles with stand out."""
+    use_hangul_font()
+    table = np.vstack(list(values.values()))
+    fig, ax = plt.subplots(figsize=(0.5 * len(classes) + 3, 0.6 * len(values) + 1.8))
+    sns.heatmap(
+        table,
+        vmin=0,
+        vmax=1,
+        cmap="RdYlGn",
+        annot=True,
+        fmt=".2f",
+        annot_kws={"size": 7},
+        xticklabels=classes,
+        yticklabels=list(values),
+        cbar_kws={"label": label},
+        ax=ax,
+    )
+    ax.set_title(f"per-class {label} (mean over runs)")
+    ax.tick_params(axis="x", labelsize=12, rotation=0)
+    ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,11 +7,15 @@ starts, which also creates the store once so parallel jobs never race on its mig
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
@@ -19,38 +23,39 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
-from signglove_exp.report import sweep_table
+from signglove_exp import PROJECT_DIR, report
 
+DEFAULT_OUTPUTS = PROJECT_DIR / "outputs"
 PARENT_ENV = "SIGNGLOVE_PARENT_RUN_ID"  # set by SweepTracking for the jobs of a multirun
 SWEEP_ENV = "SIGNGLOVE_SWEEP"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    """tracking.uri, else $MLFLOW_TRACKING_URI, else an SQLite store under paths.outputs."""
-    uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+def resolve_uri(uri: str | None, outputs: str | Path = DEFAULT_OUTPUTS) -> str:
+    """The given URI, else $MLFLOW_TRACKING_URI, else an SQLite store under `outputs`."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    outputs = Path(cfg.paths.outputs).resolve()
+    outputs = Path(outputs).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{outputs / 'mlflow.db'}"
 
 
-def _artifact_location(cfg: DictConfig, uri: str) -> str | None:
-    """Local stores keep files beside the database; a server decides for itself."""
-    if uri.startswith(("sqlite:", "file:", "/")):
-        return Path(cfg.paths.outputs, "mlartifacts").resolve().as_uri()
-    return None
+def tracking_uri(cfg: DictConfig) -> str:
+    return resolve_uri(cfg.tracking.uri, cfg.paths.outputs)
 
 
 def ensure_experiment(cfg: DictConfig) -> tuple[MlflowClient, str]:
+    """Create the store and the experiment once; local stores keep files beside the database."""
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
     name = cfg.tracking.experiment
     exp = client.get_experiment_by_name(name)
     if exp is None:
+        local = uri.startswith(("sqlite:", "file:", "/"))
+        location = Path(cfg.paths.outputs, "mlartifacts").resolve().as_uri() if local else None
         try:
-            return client, client.create_experiment(name, artifact_location=_artifact_location(cfg, uri))
+            return client, client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created meanwhile by a parallel job
             exp = client.get_experiment_by_name(name)
     return client, exp.experiment_id
@@ -108,23 +113,79 @@ def log_files(logger: MLFlowLogger, files: list[Path], artifact_path: str | None
         logger.experiment.log_artifact(logger.run_id, str(f), artifact_path)
 
 
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list[dict]:
-    """The runs of one sweep as plain dicts of params, metrics and tags, oldest first."""
-    runs = client.search_runs(
-        [experiment_id],
-        f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        order_by=["attributes.start_time ASC"],
+@dataclass
+class RunSelection:
+    """Which runs a report covers: a sweep, a parent run, a search filter, or a whole experiment."""
+
+    experiment: str = "signglove"
+    sweep: str | None = None
+    parent: str | None = None
+    filter: str | None = None
+    uri: str | None = None
+
+    def search_filter(self) -> str:
+        if self.sweep:
+            return f"tags.sweep = '{self.sweep}'"
+        if self.parent:
+            return f"tags.`mlflow.parentRunId` = '{self.parent}'"
+        return self.filter or ""
+
+    def describe(self) -> str:
+        return self.search_filter() or f"experiment {self.experiment}"
+
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.describe())[:80]
+
+
+def _confusion(client: MlflowClient, run_id: str) -> tuple[list[str], np.ndarray] | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "confusion_matrix.csv", tmp)
+        except (MlflowException, OSError):
+            return None
+        with open(path, encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    return rows[0][1:], np.array([[int(v) for v in r[1:]] for r in rows[1:]])
+
+
+def fetch_runs(selection: RunSelection) -> tuple[list[dict], str | None]:
+    """Selected runs as plain dicts (params, metrics, tags, classes, confusion), oldest first, and the
+    sweep's parent run id when the selection is one sweep."""
+    client = MlflowClient(resolve_uri(selection.uri))
+    exp = client.get_experiment_by_name(selection.experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {selection.experiment!r} at {resolve_uri(selection.uri)}")
+    found = client.search_runs(
+        [exp.experiment_id], selection.search_filter(), order_by=["attributes.start_time ASC"]
     )
-    return [
-        {
-            "run_id": r.info.run_id,
-            "status": r.info.status,
-            "params": r.data.params,
-            "metrics": r.data.metrics,
-            "tags": r.data.tags,
-        }
-        for r in runs
-    ]
+    parent = selection.parent
+    if selection.sweep:
+        parent = next((r.info.run_id for r in found if "mlflow.parentRunId" not in r.data.tags), None)
+    runs = []
+    for r in found:
+        if "mlflow.parentRunId" not in r.data.tags and "test/acc" not in r.data.metrics:
+            continue  # a sweep's own parent run
+        confusion = _confusion(client, r.info.run_id)
+        runs.append(
+            {
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "params": r.data.params,
+                "metrics": r.data.metrics,
+                "tags": r.data.tags,
+                "classes": confusion[0] if confusion else [],
+                "confusion": confusion[1] if confusion else None,
+            }
+        )
+    if not runs:
+        raise ValueError(f"no runs match {selection.describe()} in experiment {selection.experiment!r}")
+    return runs, parent
+
+
+def log_report(selection: RunSelection, run_id: str, files: list[Path]) -> None:
+    client = MlflowClient(resolve_uri(selection.uri))
+    for f in files:
+        client.log_artifact(run_id, str(f), "report")
 
 
 class SweepTracking(Callback):
@@ -148,13 +209,19 @@ class SweepTracking(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if self.client is None:
             return
-        runs = child_runs(self.client, self.experiment_id, self.parent)
-        table = sweep_table(runs)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        selection = RunSelection(config.tracking.experiment, parent=self.parent, uri=tracking_uri(config))
+        runs, _ = fetch_runs(selection)
+        table = report.sweep_table(runs)
         print(f"\nSweep {os.environ[SWEEP_ENV]}: {len(runs)} runs, parent run {self.parent}\n\n{table}\n")
-        out = Path(config.hydra.sweep.dir) / "sweep_summary.md"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(table + "\n", encoding="utf-8")
-        self.client.log_artifact(self.parent, str(out))
+        summary = sweep_dir / "sweep_summary.md"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(table + "\n", encoding="utf-8")
+        self.client.log_artifact(self.parent, str(summary))
+        if any(r["status"] == "FINISHED" for r in runs):
+            files = report.build_report(runs, sweep_dir / "report", f"Sweep {os.environ[SWEEP_ENV]}")
+            log_report(selection, self.parent, files)
+            print(f"Comparison report: {files[0]}")
         self.client.log_metric(self.parent, "time/sweep_s", time.time() - self.started)
         failed = any(r["status"] != "FINISHED" for r in runs)
         self.client.set_terminated(
@@ -162,3 +229,8 @@ class SweepTracking(Callback):
         )
         for key in (PARENT_ENV, SWEEP_ENV):
             os.environ.pop(key, None)
+
+
+def mark_failed(logger: MLFlowLogger) -> None:
+    """A run that broke stays visible, marked FAILED, with whatever it logged."""
+    logger.experiment.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))

@@ -21,11 +21,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
-from signglove_exp import data, plots, tracking
+from signglove_exp import PROJECT_DIR, data, plots, tracking
 from signglove_exp.models import build_model, count_parameters
-from signglove_exp.module import Classifier
+from signglove_exp.module import Classifier, latency_ms
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 OmegaConf.register_new_resolver("project_dir", lambda: str(PROJECT_DIR), replace=True)
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13, not ours to fix
@@ -81,74 +80,78 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     classes, channels = prepared.corpus.classes, prepared.corpus.channels
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     net = build_model(**model_cfg, n_channels=len(channels), n_classes=len(classes))
-    n_params = count_parameters(net)
     module = Classifier(
         net,
         instantiate(cfg.optimizer),
         instantiate(cfg.scheduler) if cfg.scheduler else None,
         checkpoint_meta(cfg, prepared, len(channels), len(classes)),
     )
-    train_dl = loader(prepared.arrays["train"], cfg.data.batch_size, True, cfg.seed)
-    val_dl = loader(prepared.arrays["val"], cfg.data.eval_batch_size, False, cfg.seed)
-    test_dl = loader(prepared.arrays["test"], cfg.data.eval_batch_size, False, cfg.seed)
-
     logger = tracking.make_logger(cfg, {"data.fingerprint": prepared.corpus.fingerprint})
+    try:
+        metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir)
+    except BaseException:
+        tracking.mark_failed(logger)
+        raise
+    print(
+        f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
+        f"(best epoch {metrics['best_epoch']}); MLflow run {logger.run_id} at {tracking.tracking_uri(cfg)}"
+    )
+    return metrics, {"prepared": prepared, "module": module, "run_id": logger.run_id, "best_checkpoint": best}
+
+
+def fit_and_test(cfg: DictConfig, prepared: data.Prepared, module: Classifier, logger, out_dir: Path):
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     tracking.log_params(logger, cfg, overrides)
+    n_params = count_parameters(module.net)
+    sizes = {f"data/n_{p}": len(i) for p, i in prepared.parts.items()}
     logger.log_metrics(
-        {
-            "model/n_params": n_params,
-            **{f"data/n_{p}": len(i) for p, i in prepared.parts.items()},
-            "data/n_rejected": len(prepared.corpus.rejected),
-        }
+        {"model/n_params": n_params, **sizes, "data/n_rejected": len(prepared.corpus.rejected)}
     )
     reports = data.write_reports(prepared, out_dir)
-    n_bad = len(prepared.corpus.rejected)
-    if n_bad:
+    if prepared.corpus.rejected:
+        n_bad = len(prepared.corpus.rejected)
         print(f"Skipped {n_bad} unusable episode file(s); reasons in {out_dir / 'bad_files.tsv'}")
 
+    loaders = {
+        part: loader(prepared.arrays[part], batch, part == "train", cfg.seed)
+        for part, batch in [
+            ("train", cfg.data.batch_size),
+            ("val", cfg.data.eval_batch_size),
+            ("test", cfg.data.eval_batch_size),
+        ]
+    }
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir)
     )
     started = time.time()
-    trainer.fit(module, train_dl, val_dl)
+    trainer.fit(module, loaders["train"], loaders["val"])
     train_s = time.time() - started
     best = trainer.checkpoint_callback.best_model_path
-    trainer.test(module, test_dl, ckpt_path=best or None, verbose=False)
+    trainer.test(module, loaders["test"], ckpt_path=best or None, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    best_epoch = (
-        int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
-        if best
-        else trainer.current_epoch
-    )
-    logger.log_metrics(
+    x_test, len_test, _ = (torch.from_numpy(a) for a in prepared.arrays["test"])
+    metrics.update(
         {
-            "best_epoch": best_epoch,
+            "best_epoch": torch.load(best, map_location="cpu", weights_only=True)["epoch"]
+            if best
+            else trainer.current_epoch,
+            "model/n_params": n_params,
             "time/train_s": train_s,
             "time/epoch_s": train_s / max(trainer.current_epoch, 1),
+            "time/latency_ms": latency_ms(module.net.cpu(), x_test, len_test),
         }
     )
+    logger.log_metrics({k: v for k, v in metrics.items() if not k.startswith("test/")})
 
     config_file = out_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
-    files = [*reports, config_file, *write_confusion(module.test_confusion, classes, out_dir, title)]
-    tracking.log_files(logger, files)
+    confusion = write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
+    tracking.log_files(logger, [*reports, config_file, *confusion])
     if best:
         tracking.log_files(logger, [Path(best)], "checkpoints")
-    print(
-        f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
-        f"(best epoch {best_epoch}); MLflow run {logger.run_id} at {tracking.tracking_uri(cfg)}"
-    )
-    metrics.update({"best_epoch": best_epoch, "time/train_s": train_s, "model/n_params": n_params})
-    return metrics, {
-        "prepared": prepared,
-        "module": module,
-        "run_id": logger.run_id,
-        "best_checkpoint": best,
-        "output_dir": out_dir,
-    }
+    return metrics, best
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_DIR / "conf"), config_name="config")
