@@ -6,6 +6,7 @@ package and is registered as a fallback behind matplotlib's default Latin font.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +27,16 @@ def use_hangul_font() -> str:
     family = font_manager.FontProperties(fname=str(FONT_FILE)).get_name()
     plt.rcParams["font.family"] = ["DejaVu Sans", family]
     return family
+
+
+def write_confusion(cm: np.ndarray, classes: list[str], out_dir: Path, title: str) -> list[Path]:
+    """The confusion matrix as CSV counts (rows true, columns predicted) and as a figure."""
+    csv_path = out_dir / "confusion_matrix.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["true \\ predicted", *classes])
+        w.writerows([c, *row] for c, row in zip(classes, cm.tolist(), strict=True))
+    return [csv_path, confusion_matrix_figure(cm, classes, out_dir / "confusion_matrix.png", title)]
 
 
 def confusion_matrix_figure(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:

@@ -182,6 +182,47 @@ def fetch_runs(selection: RunSelection) -> tuple[list[dict], str | None]:
     return runs, parent
 
 
+def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | None = None) -> Path:
+    """The checkpoint a training run logged, fetched once into outputs/models/<run_id>/."""
+    client = MlflowClient(resolve_uri(uri))
+    ckpts = [a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")]
+    if not ckpts:
+        raise ValueError(f"run {run_id} logged no checkpoint under checkpoints/")
+    dest = Path(dest or DEFAULT_OUTPUTS / "models" / run_id)
+    cached = dest / Path(ckpts[0]).name
+    if cached.is_file():
+        return cached
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, ckpts[0], str(dest)))
+
+
+def log_evaluation(
+    uri: str | None,
+    experiment: str,
+    source_run: str | None,
+    name: str,
+    params: dict,
+    metrics: dict,
+    files: list[Path],
+) -> str:
+    """An evaluation as a run of its own, tagged with the training run it evaluates."""
+    client = MlflowClient(resolve_uri(uri))
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    tags = {"signglove.kind": "evaluation", "mlflow.source.git.commit": git_commit()}
+    if source_run:
+        tags["signglove.source_run"] = source_run
+    run = client.create_run(exp_id, run_name=name, tags=tags)
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()])
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
+    for f in files:
+        client.log_artifact(run_id, str(f))
+    client.set_terminated(run_id)
+    return run_id
+
+
 def log_report(selection: RunSelection, run_id: str, files: list[Path]) -> None:
     client = MlflowClient(resolve_uri(selection.uri))
     for f in files:

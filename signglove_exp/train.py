@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 import warnings
@@ -13,7 +12,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import hydra
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -59,15 +57,6 @@ def checkpoint_meta(cfg: DictConfig, prepared: data.Prepared, n_channels: int, n
         "config": OmegaConf.to_container(cfg, resolve=True),
         "version": project_version(),
     }
-
-
-def write_confusion(cm: np.ndarray, classes: list[str], out_dir: Path, title: str) -> list[Path]:
-    csv_path = out_dir / "confusion_matrix.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["true \\ predicted", *classes])
-        w.writerows([c, *row] for c, row in zip(classes, cm.tolist(), strict=True))
-    return [csv_path, plots.confusion_matrix_figure(cm, classes, out_dir / "confusion_matrix.png", title)]
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
@@ -147,7 +136,7 @@ def fit_and_test(cfg: DictConfig, prepared: data.Prepared, module: Classifier, l
     config_file = out_dir / "config.yaml"
     config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
-    confusion = write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
+    confusion = plots.write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
     tracking.log_files(logger, [*reports, config_file, *confusion])
     if best:
         tracking.log_files(logger, [Path(best)], "checkpoints")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 
 from signglove_exp.train import PROJECT_DIR
 
@@ -52,3 +53,21 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory, cache_dir):
+    """One real run from the command line: GRU, three epochs, a temporary SQLite store."""
+    tmp = tmp_path_factory.mktemp("cli")
+    overrides = [
+        *store_overrides(tmp, cache_dir),
+        "model=gru",
+        "trainer=debug",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=10",
+        "seed=7",
+    ]
+    proc = run_cli(*overrides, cwd=tmp)
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    return client, run, tmp, proc.stdout + proc.stderr

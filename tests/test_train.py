@@ -27,24 +27,6 @@ def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) ->
     return out
 
 
-@pytest.fixture(scope="module")
-def cli_run(tmp_path_factory, cache_dir):
-    """One real run from the command line: GRU, three epochs, a temporary SQLite store."""
-    tmp = tmp_path_factory.mktemp("cli")
-    overrides = [
-        *store_overrides(tmp, cache_dir),
-        "model=gru",
-        "trainer=debug",
-        "trainer.max_epochs=3",
-        "trainer.limit_train_batches=10",
-        "seed=7",
-    ]
-    proc = run_cli(*overrides, cwd=tmp)
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
-    return client, run, tmp, proc.stdout + proc.stderr
-
-
 def test_run_logs_flat_params_and_overrides(cli_run):
     _, run, _, _ = cli_run
     p = run.data.params

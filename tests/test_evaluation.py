@@ -1,0 +1,219 @@
+"""Split protocols, manifests, comparison reports and evaluation runs, on the real episodes."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from signglove_exp import data, evaluate, report
+from signglove_exp.train import train
+from tests.conftest import compose_config, run_cli, store_overrides
+
+
+@pytest.fixture(scope="module")
+def corpus(cache_dir):
+    cfg = compose_config(f"data.cache_dir={cache_dir}")
+    root = data.ensure_unpacked(cfg.data.root, cfg.data.archive)
+    return data.load_corpus(
+        root,
+        list(cfg.data.classes),
+        list(cfg.data.channels),
+        cfg.data.min_len,
+        cfg.data.signer_prefix,
+        cache_dir=cache_dir,
+    )
+
+
+def parts_for(corpus, *overrides):
+    return data.split(corpus, compose_config(*overrides).split)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["split=stratified"],
+        ["split=kfold", "split.fold=3"],
+        ["split=by_session"],
+        ["split=by_session", "split.val_sessions=null"],
+        ["split=by_signer"],
+        ["split=by_signer", "split.test_signer=HB"],
+    ],
+)
+def test_no_episode_is_in_two_parts_and_every_usable_one_is_used(corpus, overrides):
+    parts = parts_for(corpus, *overrides)
+    seen = [i for p in data.PARTS for i in parts[p]]
+    assert len(seen) == len(set(seen))
+    assert set(seen) == {i for i, e in enumerate(corpus.episodes) if e.reason is None}
+
+
+def test_kfold_test_folds_cover_every_episode_once(corpus):
+    tests = [i for k in range(5) for i in parts_for(corpus, "split=kfold", f"split.fold={k}")["test"]]
+    assert sorted(tests) == [i for i, e in enumerate(corpus.episodes) if e.reason is None]
+    with pytest.raises(ValueError, match="split.fold=5 is outside 0..4"):
+        parts_for(corpus, "split=kfold", "split.fold=5")
+
+
+def test_by_session_holds_out_exactly_the_named_sessions(corpus):
+    parts = parts_for(corpus, "split=by_session", "split.test_sessions=[2]", "split.val_sessions=[5]")
+    sessions = {
+        p: {(corpus.episodes[i].signer, corpus.episodes[i].session) for i in parts[p]} for p in data.PARTS
+    }
+    assert sessions["test"] == {("HB", "2"), ("JY", "2")} and sessions["val"] == {("HB", "5"), ("JY", "5")}
+    assert not sessions["train"] & (sessions["test"] | sessions["val"])
+    carved = parts_for(corpus, "split=by_session", "split.val_sessions=null")
+    groups = {
+        p: {(corpus.episodes[i].signer, corpus.episodes[i].session) for i in carved[p]} for p in data.PARTS
+    }
+    assert not groups["test"] & (groups["train"] | groups["val"])
+    with pytest.raises(ValueError, match="session '9' is not in the data"):
+        parts_for(corpus, "split=by_session", "split.test_sessions=[9]")
+
+
+@pytest.mark.parametrize("held_out, trained_on", [("JY", "HB"), ("HB", "JY")])
+def test_by_signer_tests_only_on_the_held_out_signer(corpus, held_out, trained_on):
+    parts = parts_for(corpus, "split=by_signer", f"split.test_signer={held_out}")
+    signers = {p: Counter(corpus.episodes[i].signer for i in parts[p]) for p in data.PARTS}
+    assert set(signers["test"]) == {held_out} and set(signers["train"]) == set(signers["val"]) == {trained_on}
+    assert signers["test"][held_out] == sum(
+        e.signer == held_out and e.reason is None for e in corpus.episodes
+    )
+
+
+def test_unknown_signer_is_a_clear_error(corpus):
+    with pytest.raises(ValueError, match="signer 'XY' is not in the data; known: HB, JY"):
+        parts_for(corpus, "split=by_signer", "split.test_signer=XY")
+
+
+def test_manifest_and_class_counts_match_what_was_trained(make_cfg, tmp_path):
+    cfg = make_cfg(
+        "model=gru",
+        "split=by_signer",
+        "split.test_signer=HB",
+        "data=no_yaw",
+        "trainer=debug",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+    )
+    metrics, objects = train(cfg)
+    run = MlflowClient(cfg.tracking.uri).get_run(objects["run_id"])
+    with open(tmp_path / "run" / "split_manifest.csv", encoding="utf-8") as f:
+        manifest = list(csv.DictReader(f))
+    by_part = {p: [r for r in manifest if r["part"] == p] for p in data.PARTS}
+    for p in data.PARTS:
+        assert len(by_part[p]) == run.data.metrics[f"data/n_{p}"] == len(objects["prepared"].arrays[p][0])
+    assert {r["signer"] for r in by_part["test"]} == {"HB"} and {r["signer"] for r in by_part["train"]} == {
+        "JY"
+    }
+    trained = [objects["prepared"].corpus.episodes[i].path for i in objects["prepared"].parts["train"]]
+    assert [r["path"] for r in by_part["train"]] == trained
+    with open(tmp_path / "run" / "class_counts.csv", encoding="utf-8") as f:
+        counts = {r["jamo"]: r for r in csv.DictReader(f)}
+    for p in data.PARTS:
+        assert Counter(r["jamo"] for r in by_part[p]) == {
+            j: int(c[p]) for j, c in counts.items() if int(c[p])
+        }
+    assert run.data.params["split.strategy"] == "by_signer" and run.data.params["split.test_signer"] == "HB"
+    assert (
+        objects["prepared"].arrays["train"][0].shape[2] == 7 and "yaw" not in run.data.params["data.channels"]
+    )
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory, cache_dir):
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = run_cli(
+        "-m",
+        *store_overrides(tmp, cache_dir),
+        "model=gru,stacked_gru",
+        "seed=1,2,3",
+        "trainer=debug",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        f"hydra.sweep.dir={tmp / 'sw'}",
+        cwd=tmp,
+    )
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    return client, runs, tmp, proc.stdout
+
+
+def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
+    client, runs, tmp, stdout = small_sweep
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 6
+    text = (tmp / "sw" / "report" / "report.md").read_text(encoding="utf-8")
+    acc = {
+        m: [
+            r.data.metrics["test/acc"]
+            for r in sorted(children, key=lambda r: int(r.data.params["seed"]))
+            if r.data.params["model.name"] == m
+        ]
+        for m in ("gru", "stacked_gru")
+    }
+    for model, values in acc.items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| {model} | 3 |"))
+        s = report.summarise(values)
+        assert f"{s['mean']:.4f} +- {s['std']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}]" in row
+    best, other = sorted(acc, key=lambda m: -np.mean(acc[m]))
+    p = stats.ttest_rel(acc[best], acc[other]).pvalue
+    lead = next(line for line in text.splitlines() if line.startswith(f"| {other} | 3 |") and "/3" in line)
+    assert f"{np.mean(np.array(acc[best]) - acc[other]):+.4f}" in lead and f"{p:.4f}" in lead
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert arts == {"report/report.md", "report/confusion_grid.png", "report/per_class_f1.png"}
+    assert "Comparison report:" in stdout
+
+
+def test_report_command_selects_runs_by_filter(small_sweep, tmp_path):
+    client, runs, tmp, _ = small_sweep
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    report.main(["--tracking-uri", uri, "--filter", "params.seed = '2'", "--out", str(tmp_path)])
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert text.count("| 1 | 25,624 |") == 1 and re.search(r"^2 finished runs", text, re.M)
+
+
+def test_evaluate_a_run_on_its_own_test_split_reproduces_its_metrics(cli_run, tmp_path):
+    client, run, tmp, _ = cli_run
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    metrics = evaluate.main([run.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path)])
+    for key in ["acc", "balanced_acc", "f1_macro", "precision_macro", "recall_macro"]:
+        assert metrics[f"eval/{key}"] == pytest.approx(run.data.metrics[f"test/{key}"], abs=1e-6)
+    (ev,) = client.search_runs([run.info.experiment_id], f"tags.`signglove.source_run` = '{run.info.run_id}'")
+    assert ev.data.metrics["eval/acc"] == pytest.approx(metrics["eval/acc"])
+    assert {a.path for a in client.list_artifacts(ev.info.run_id)} >= {
+        "per_class.csv",
+        "predictions.csv",
+        "confusion_matrix.csv",
+        "confusion_matrix.png",
+    }
+
+
+def test_evaluate_refuses_data_that_does_not_fit_the_model(cli_run, corpus, tmp_path):
+    client, run, tmp, _ = cli_run
+    folder = tmp_path / "other" / "ㄱ" / "1"
+    folder.mkdir(parents=True)
+    src = corpus.root / corpus.episodes[0].path
+    lines = src.read_text(encoding="utf-8").splitlines()
+    (folder / "episode_noyaw.csv").write_text(
+        "\n".join([lines[0].replace("yaw", "heading"), *lines[1:]]), encoding="utf-8"
+    )
+    stray = tmp_path / "other" / "ㅘ" / "1"
+    stray.mkdir(parents=True)
+    shutil.copy(src, stray / "episode_x.csv")
+    with pytest.raises(ValueError, match=r"2 episode file\(s\).*episode_noyaw.csv: missing column\(s\) yaw"):
+        evaluate.main(
+            [
+                run.info.run_id,
+                "--tracking-uri",
+                f"sqlite:///{tmp / 'mlflow.db'}",
+                "--data",
+                str(tmp_path / "other"),
+            ]
+        )
