@@ -312,17 +312,26 @@ def fit_scaler(values: list[np.ndarray], channels: list[str]) -> dict:
 
 
 def to_arrays(
-    values: list[np.ndarray], scaler: dict, seq_len: int, pad_value: float
+    values: list[np.ndarray], scaler: dict, seq_len: int, padding: dict
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Scale, then cut or pad at the end to seq_len; padded steps get pad_value in scaled units."""
+    """Cut or pad at the end to seq_len and scale, with lengths of the real steps.
+
+    padding["units"] says where padding["value"] lives: "scaled" pads after scaling (the default);
+    "raw" pads in sensor units and scales the padded steps too, as upstream did.
+    """
+    if padding["units"] not in ("scaled", "raw"):
+        raise ValueError(f"padding units must be 'scaled' or 'raw', not {padding['units']!r}")
     mean, scale = np.asarray(scaler["mean"]), np.asarray(scaler["scale"])
-    x = np.full((len(values), seq_len, len(mean)), pad_value, dtype=np.float32)
+    raw = padding["units"] == "raw"
+    x = np.full((len(values), seq_len, len(mean)), padding["value"], dtype=np.float64)
     lengths = np.zeros(len(values), dtype=np.int64)
     for i, v in enumerate(values):
         n = min(len(v), seq_len)
-        x[i, :n] = (v[:n] - mean) / scale
+        x[i, :n] = v[:n] if raw else (v[:n] - mean) / scale
         lengths[i] = n
-    return x, lengths
+    if raw:
+        x = (x - mean) / scale
+    return x.astype(np.float32), lengths
 
 
 def prepare(cfg_data, cfg_split) -> Prepared:
@@ -342,7 +351,7 @@ def prepare(cfg_data, cfg_split) -> Prepared:
     scaler = fit_scaler([eps[i].values for i in parts["train"]], corpus.channels)
     prepared = Prepared(corpus, parts, scaler, cfg_data.seq_len)
     for part, idx in parts.items():
-        x, lengths = to_arrays([eps[i].values for i in idx], scaler, cfg_data.seq_len, cfg_data.pad_value)
+        x, lengths = to_arrays([eps[i].values for i in idx], scaler, cfg_data.seq_len, cfg_data.padding)
         prepared.arrays[part] = (x, lengths, np.array([eps[i].label for i in idx], dtype=np.int64))
     return prepared
 

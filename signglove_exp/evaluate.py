@@ -35,7 +35,7 @@ def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus
             cfg.data.min_len,
             cfg.data.signer_prefix,
         )
-        if corpus.fingerprint != rec.meta["data_fingerprint"]:
+        if rec.meta["data_fingerprint"] and corpus.fingerprint != rec.meta["data_fingerprint"]:
             raise ValueError(
                 f"{cfg.data.root} no longer holds the episodes this model was trained on (data "
                 "fingerprint differs): pass --data to evaluate on it as new data"

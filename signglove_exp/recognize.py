@@ -51,9 +51,7 @@ class Recognizer:
                     f"episode {i}: shape {v.shape}, expected (n_timepoints >= 1, {len(self.channels)})"
                     f" with channels {', '.join(self.channels)}"
                 )
-        x, lengths = data.to_arrays(
-            episodes, self.meta["scaler"], self.meta["seq_len"], self.meta["pad_value"]
-        )
+        x, lengths = data.to_arrays(episodes, self.meta["scaler"], self.meta["seq_len"], self.meta["padding"])
         return torch.from_numpy(x), torch.from_numpy(lengths)
 
     @torch.no_grad()

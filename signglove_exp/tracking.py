@@ -204,12 +204,13 @@ def log_evaluation(
     params: dict,
     metrics: dict,
     files: list[Path],
+    kind: str = "evaluation",
 ) -> str:
-    """An evaluation as a run of its own, tagged with the training run it evaluates."""
+    """An evaluation (or an import) as a run of its own, tagged with the training run it evaluates."""
     client = MlflowClient(resolve_uri(uri))
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    tags = {"signglove.kind": "evaluation", "mlflow.source.git.commit": git_commit()}
+    tags = {"signglove.kind": kind, "mlflow.source.git.commit": git_commit()}
     if source_run:
         tags["signglove.source_run"] = source_run
     run = client.create_run(exp_id, run_name=name, tags=tags)

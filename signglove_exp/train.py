@@ -51,7 +51,7 @@ def checkpoint_meta(cfg: DictConfig, prepared: data.Prepared, n_channels: int, n
         "classes": prepared.corpus.classes,
         "channels": prepared.corpus.channels,
         "seq_len": prepared.seq_len,
-        "pad_value": float(cfg.data.pad_value),
+        "padding": OmegaConf.to_container(cfg.data.padding, resolve=True),
         "scaler": prepared.scaler,
         "data_fingerprint": prepared.corpus.fingerprint,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -141,6 +141,12 @@ def fit_and_test(cfg: DictConfig, prepared: data.Prepared, module: Classifier, l
     if best:
         tracking.log_files(logger, [Path(best)], "checkpoints")
     return metrics, best
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config the CLI would compose, for code and tests that run without `@hydra.main`."""
+    with hydra.initialize_config_dir(str(PROJECT_DIR / "conf"), version_base="1.3"):
+        return hydra.compose("config", overrides=list(overrides))
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_DIR / "conf"), config_name="config")

@@ -8,21 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from signglove_exp.train import PROJECT_DIR
+from signglove_exp.train import compose as compose_config
 
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One parse of the bundled episodes per test session."""
     return tmp_path_factory.mktemp("cache")
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(str(PROJECT_DIR / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.fixture

@@ -97,7 +97,7 @@ def test_logged_checkpoint_alone_reproduces_the_logged_test_metrics(cli_run, tmp
     )
     test = data.split(corpus, cfg.split)["test"]
     x, lengths = data.to_arrays(
-        [corpus.episodes[i].values for i in test], meta["scaler"], meta["seq_len"], meta["pad_value"]
+        [corpus.episodes[i].values for i in test], meta["scaler"], meta["seq_len"], meta["padding"]
     )
     with torch.no_grad():
         pred = net(torch.from_numpy(x), torch.from_numpy(lengths)).argmax(1).numpy()
