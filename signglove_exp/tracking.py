@@ -276,3 +276,7 @@ class SweepTracking(Callback):
 def mark_failed(logger: MLFlowLogger) -> None:
     """A run that broke stays visible, marked FAILED, with whatever it logged."""
     logger.experiment.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def run_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:
+    return MlflowClient(resolve_uri(uri)).get_run(run_id).data.metrics

@@ -1,0 +1,90 @@
+"""What a model is, from its checkpoint or MLflow run alone.
+
+python -m signglove_exp.inspect path/to/model.ckpt
+python -m signglove_exp.inspect RUN_ID [--tracking-uri URI]
+python -m signglove_exp.inspect data/legacy/epoch92-valloss0.04.ckpt    # upstream files too
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from signglove_exp import legacy, tracking
+from signglove_exp.models import build_model, count_parameters
+
+
+def describe(path: str | Path) -> dict:
+    """Plain facts about a checkpoint; an upstream file is identified from its weights."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if "signglove" in ckpt:
+        meta = ckpt["signglove"]
+        return {"source": "signglove-exp checkpoint", **meta, "epoch": ckpt.get("epoch")}
+    hparams = legacy.identify(ckpt.get("state_dict", ckpt))
+    return {
+        "source": "upstream KLP-SignGlove checkpoint (no metadata; architecture told from its weights)",
+        "model": hparams,
+        "epoch": ckpt.get("epoch"),
+    }
+
+
+def render(info: dict, metrics: dict | None = None) -> str:
+    model = dict(info["model"])
+    name = model.pop("name")
+    n_params = count_parameters(build_model(name, **model))
+    lines = [
+        f"source:       {info['source']}",
+        f"architecture: {name} ({n_params:,} trainable parameters)",
+        "hyper-params: " + ", ".join(f"{k}={v}" for k, v in model.items()),
+    ]
+    if info.get("epoch") is not None:
+        lines.append(f"epoch:        {info['epoch']}")
+    if "classes" in info:
+        scaler = info["scaler"]
+        lines += [
+            f"classes:      {len(info['classes'])}: {' '.join(info['classes'])}",
+            f"channels:     {', '.join(info['channels'])}",
+            f"sequence:     {info['seq_len']} steps, padding {info['padding']['value']} "
+            f"({info['padding']['units']} units) at the end",
+            "scaler:       "
+            + ", ".join(
+                f"{c} {m:.3g}+-{s:.3g}"
+                for c, m, s in zip(scaler["channels"], scaler["mean"], scaler["scale"], strict=True)
+            ),
+            f"              fitted on {scaler['n_samples_seen']:,} real steps",
+            f"trained on:   data fingerprint {info.get('data_fingerprint') or 'unknown'}",
+            f"version:      signglove-exp {info.get('version')}",
+        ]
+        split = info.get("config", {}).get("split")
+        if split:
+            lines.append("split:        " + ", ".join(f"{k}={v}" for k, v in split.items()))
+    else:
+        lines.append(
+            "metadata:     none: classes, channels and scaler must come from elsewhere "
+            "(python -m signglove_exp.legacy imports it with upstream's)"
+        )
+    for k, v in sorted((metrics or {}).items()):
+        if k.startswith(("test/", "eval/", "best_epoch")):
+            lines.append(f"metric:       {k} = {v:.4f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    ap = argparse.ArgumentParser(prog="python -m signglove_exp.inspect", description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="a checkpoint file or an MLflow run id")
+    ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db")
+    args = ap.parse_args(argv)
+    metrics = None
+    path = Path(args.model)
+    if not path.is_file():
+        path = tracking.download_checkpoint(args.model, args.tracking_uri)
+        metrics = tracking.run_metrics(args.model, args.tracking_uri)
+    text = render(describe(path), metrics)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Upstream's unlabelled checkpoints: identified from weights, imported, and scoring what upstream scored."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import PROJECT_DIR, inspect, legacy
+from signglove_exp.module import load_checkpoint
+from signglove_exp.recognize import Recognizer
+
+LEGACY = PROJECT_DIR / "data" / "legacy"
+# file -> (architecture, accuracy on upstream's exact test split, as the legacy README gives it)
+EXPECTED = {
+    "best_model-ms3dgru_best.ckpt": ("ms3d_gru", 0.9913),
+    "epoch92-valloss0.04.ckpt": ("gru", 0.9896),
+    "epoch82-valloss0.05.ckpt": ("ms3d_stacked_gru", 0.9792),
+    "epoch68-valloss0.19.ckpt": ("stacked_gru", 0.9255),
+}
+CHANNELS = ["flex1", "flex2", "flex3", "flex4", "flex5", "pitch", "roll", "yaw"]
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_architecture_is_told_from_weights_alone(name):
+    sd = torch.load(LEGACY / name, map_location="cpu", weights_only=True)["state_dict"]
+    hparams = legacy.identify(sd)
+    assert hparams["name"] == EXPECTED[name][0]
+    assert f"architecture: {EXPECTED[name][0]} " in inspect.main([str(LEGACY / name)])
+
+
+def test_legacy_gru_keeps_its_input_projection():
+    sd = torch.load(LEGACY / "epoch92-valloss0.04.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert legacy.identify(sd)["input_projection"] == 128
+
+
+def test_unknown_weights_get_an_error_saying_what_was_found():
+    with pytest.raises(
+        ValueError, match=r"no known architecture signature; found 2 tensors: lstm.weight_ih_l0"
+    ):
+        legacy.identify({"lstm.weight_ih_l0": torch.zeros(4, 8), "fc.weight": torch.zeros(24, 4)})
+
+
+def test_upstream_scaler_is_read_without_running_pickle_code():
+    scaler = legacy.read_scaler_pickle(LEGACY / "scaler.pkl", CHANNELS)
+    assert scaler["n_samples_seen"] == 2884 * 87 and len(scaler["mean"]) == 8
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
+    evil = tmp_path / "scaler.pkl"
+    evil.write_bytes(pickle.dumps(_Exploit()))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"scaler.pkl: not a plain pickled StandardScaler .*refusing to load"
+    ):
+        legacy.read_scaler_pickle(evil, CHANNELS)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_imports_reproduce_upstreams_accuracies_and_carry_their_mode(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    results = legacy.main(["--tracking-uri", uri, "--out", str(tmp_path / "converted")])
+    assert {r["file"]: (r["model"], round(r["eval/acc"], 4)) for r in results} == EXPECTED
+    client = MlflowClient(uri)
+    for r in results:
+        run = client.get_run(r["run_id"])
+        assert (
+            run.data.tags["signglove.kind"] == "legacy-import"
+            and run.data.params["model.readout"] == "upstream"
+        )
+    converted = next(Path(tmp_path / "converted").rglob("gru-epoch92*.ckpt"))
+    net, meta = load_checkpoint(converted)
+    assert meta["padding"] == {"value": 1.0, "units": "raw"} and meta["model"]["readout"] == "upstream"
+    assert Recognizer(net, meta).meta["scaler"]["n_samples_seen"] == 2884 * 87
+    assert "architecture: gru (49,816 trainable parameters)" in inspect.main([str(converted)])
