@@ -85,18 +85,14 @@ def evaluate(rec: Recognizer, corpus: data.Corpus, idx: list[int], out_dir: Path
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("model", help="an MLflow run id of a training run, or a checkpoint file")
+    ap.add_argument("model", help="an MLflow run id of a training run, a checkpoint or a .onnx file")
     ap.add_argument("--data", help="folder of episode CSVs (default: the run's own test split)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     ap.add_argument("--experiment", default="signglove", help="where the evaluation run goes")
     ap.add_argument("--out", type=Path, help="also keep the files here")
     args = ap.parse_args(argv)
     is_file = Path(args.model).is_file()
-    rec = (
-        Recognizer.from_checkpoint(args.model)
-        if is_file
-        else Recognizer.from_run(args.model, args.tracking_uri)
-    )
+    rec = Recognizer.load(args.model, args.tracking_uri)
     corpus, idx, described = episodes_to_evaluate(rec, args.data)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)

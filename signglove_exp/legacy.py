@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)
         converted = out / f"{meta['model']['name']}-{path.stem}.ckpt"
         torch.save({"state_dict": net.state_dict(), "signglove": meta}, converted)
-        rec = Recognizer(net, meta)
+        rec = Recognizer.from_torch(net, meta)
         corpus, idx, described = evaluate.episodes_to_evaluate(rec, None)
         metrics, files = evaluate.evaluate(rec, corpus, idx, out)
         params = {

@@ -80,5 +80,5 @@ def test_imports_reproduce_upstreams_accuracies_and_carry_their_mode(tmp_path):
     converted = next(Path(tmp_path / "converted").rglob("gru-epoch92*.ckpt"))
     net, meta = load_checkpoint(converted)
     assert meta["padding"] == {"value": 1.0, "units": "raw"} and meta["model"]["readout"] == "upstream"
-    assert Recognizer(net, meta).meta["scaler"]["n_samples_seen"] == 2884 * 87
+    assert Recognizer.from_torch(net, meta).meta["scaler"]["n_samples_seen"] == 2884 * 87
     assert "architecture: gru (49,816 trainable parameters)" in inspect.main([str(converted)])
