@@ -15,20 +15,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from hydra.experimental.callback import Callback
 from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
 
 from signglove_exp import PROJECT_DIR, report
 
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise
 DEFAULT_OUTPUTS = PROJECT_DIR / "outputs"
 PARENT_ENV = "SIGNGLOVE_PARENT_RUN_ID"  # set by SweepTracking for the jobs of a multirun
 SWEEP_ENV = "SIGNGLOVE_SWEEP"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+PYFUNC_REQUIREMENTS = ["torch==2.13.0", "pytorch-lightning>=2.6,<2.7", "numpy", "scikit-learn", "pandas"]
 
 
 def resolve_uri(uri: str | None, outputs: str | Path = DEFAULT_OUTPUTS) -> str:
@@ -280,3 +287,27 @@ def mark_failed(logger: MLFlowLogger) -> None:
 
 def run_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:
     return MlflowClient(resolve_uri(uri)).get_run(run_id).data.metrics
+
+
+def log_pyfunc(cfg: DictConfig, run_id: str, checkpoint: Path, example_csv: Path, channels: list[str]) -> str:
+    """Log the checkpoint as an MLflow pyfunc model (scaler inside) with a signature and an example.
+
+    Column types follow a real episode file (flex sensors are integer ADC readings).
+    """
+    example = pd.read_csv(example_csv)[channels]
+    signature = infer_signature(
+        example, pd.DataFrame({"episode": ["0"], "jamo": ["ㄱ"], "confidence": [1.0], "top3": ["ㄱ:1.000"]})
+    )
+    signature.inputs.inputs.append(ColSpec("string", "episode", required=False))
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=PYFUNC_REQUIREMENTS,
+        )
+    return info.model_uri

@@ -140,6 +140,9 @@ def fit_and_test(cfg: DictConfig, prepared: data.Prepared, module: Classifier, l
     tracking.log_files(logger, [*reports, config_file, *confusion])
     if best:
         tracking.log_files(logger, [Path(best)], "checkpoints")
+        if cfg.tracking.log_model:
+            example = prepared.corpus.root / prepared.corpus.episodes[prepared.parts["test"][0]].path
+            tracking.log_pyfunc(cfg, logger.run_id, Path(best), example, prepared.corpus.channels)
     return metrics, best
 
 
