@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 
-.PHONY: setup train sweep test lint ui clean
+.PHONY: setup train sweep test lint ui bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: setup lint  ## the fast suite (slow tests: $(BIN)/pytest -m slow)
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+bench: setup  ## inference latency table: four architectures, PyTorch vs ONNX Runtime
+	$(BIN)/python -m signglove_exp.bench $(ARGS)
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port 5000
