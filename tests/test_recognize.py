@@ -56,8 +56,7 @@ def replay_lines(root: Path, episodes) -> list[str]:
 
 
 def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split):
-    root, episodes = test_split
-    episodes = episodes[:200]
+    root, episodes = test_split  # all 577 test episodes, back to back
     rec = Recognizer.load(REFERENCE)
     emitted = [
         e["jamo"]
@@ -70,7 +69,7 @@ def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split)
 
 def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     root, episodes = test_split
-    episodes = episodes[200:220]
+    episodes = episodes[:24]  # about 45 s of signing
     lines = replay_lines(root, episodes)
     capture = tmp_path / "glove.csv"
     capture.write_text(lines[0] + "\n", encoding="utf-8")
@@ -110,6 +109,9 @@ def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     assert time.time() - started > 0.02 * (len(lines) - 1)  # it really ran at the glove's pace
     emitted = [line.split("\t")[1] for line in proc.stdout.splitlines() if line.count("\t") == 2]
     assert edit_distance(emitted, [e.jamo for e in episodes]) <= 0.05 * len(episodes)
+    rec = Recognizer.load(REFERENCE)
+    fast = [e["jamo"] for e in recognise_stream(rec, stream_rows(lines, rec.channels), StreamSettings())]
+    assert emitted == fast  # the pace of arrival does not change what is recognised
 
 
 def test_a_malformed_stream_line_is_reported_and_skipped(capsys):
@@ -135,7 +137,7 @@ def test_recognition_from_a_run_id_reproduces_its_logged_test_accuracy(cli_run, 
         ]
     )
     accuracy = np.mean([r["jamo"] == e.jamo for r, e in zip(rows, episodes, strict=True)])
-    assert accuracy == pytest.approx(run.data.metrics["test/acc"], abs=1e-9)
+    assert accuracy == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)  # MLflow keeps float32
     table = pd.read_csv(out)
     assert list(table.columns) == ["file", "jamo", "latency_ms", "top1", "top2", "top3"] and len(table) == 577
 
@@ -159,7 +161,7 @@ def test_pyfunc_model_predicts_raw_samples_and_registers(cli_run, test_split):
     assert out["episode"].tolist() == [e.path for e in episodes[:5]]
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "signglove-gru")
     assert (
-        version.version == "1"
+        int(version.version) == 1
         and MlflowClient().get_registered_model("signglove-gru").name == "signglove-gru"
     )
 
