@@ -63,9 +63,15 @@ def main(argv: list[str] | None = None) -> Path:
         "--tracking-uri", help="for a run id: default $MLFLOW_TRACKING_URI, else outputs/mlflow.db"
     )
     args = ap.parse_args(argv)
+    if Path(args.model).suffix == ".onnx":
+        ap.error(f"{args.model} is already an ONNX file")
     rec = Recognizer.load(args.model, args.tracking_uri)
-    out = args.out or Path(args.model).with_suffix(".onnx") if Path(args.model).is_file() else args.out
-    out = out or Path(f"{rec.meta['model']['name']}-{args.model[:8]}.onnx")
+    if args.out:
+        out = args.out
+    elif Path(args.model).is_file():
+        out = Path(args.model).with_suffix(".onnx")
+    else:
+        out = Path(f"{rec.meta['model']['name']}-{args.model[:8]}.onnx")
     path = export_onnx(rec.net, rec.meta, out)
     print(f"{rec.meta['model']['name']} exported to {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return path

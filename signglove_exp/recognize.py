@@ -94,7 +94,7 @@ class Recognizer:
 
     @classmethod
     def load(cls, model: str | Path, tracking_uri: str | None = None) -> Recognizer:
-        """A .onnx file, a checkpoint file, or else an MLflow run id."""
+        """A .onnx file, a checkpoint file, or else an MLflow run id or model URI (runs:/..., models:/...)."""
         path = Path(model)
         if path.suffix == ".onnx":
             return cls.from_onnx(path)
@@ -261,7 +261,7 @@ def _print_stream(rec: Recognizer, lines: Iterable[str], settings: StreamSetting
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.recognize", description=__doc__.split("\n")[0])
-    ap.add_argument("model", help="a checkpoint, a .onnx file, or an MLflow run id")
+    ap.add_argument("model", help="a checkpoint, a .onnx file, an MLflow run id or model URI")
     ap.add_argument("inputs", nargs="*", help="episode CSV files or folders of them")
     ap.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
     ap.add_argument(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -190,7 +191,17 @@ def fetch_runs(selection: RunSelection) -> tuple[list[dict], str | None]:
 
 
 def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | None = None) -> Path:
-    """The checkpoint a training run logged, fetched once into outputs/models/<run_id>/."""
+    """The checkpoint a training run logged, fetched once into outputs/models/<run_id>/.
+
+    `run_id` may also be a model URI (`runs:/<id>/model`, `models:/<name>/<version>`): the checkpoint
+    inside that pyfunc model is used.
+    """
+    if ":/" in run_id:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=run_id, tracking_uri=resolve_uri(uri))
+        found = sorted(Path(local).rglob("*.ckpt"))
+        if not found:
+            raise ValueError(f"{run_id} holds no checkpoint: not a model logged by signglove-exp")
+        return found[0]
     client = MlflowClient(resolve_uri(uri))
     ckpts = [a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")]
     if not ckpts:

@@ -160,6 +160,8 @@ def test_pyfunc_model_predicts_raw_samples_and_registers(cli_run, test_split):
     assert out["jamo"].tolist() == [p.jamo for p in rec.predict_files([root / e.path for e in episodes[:5]])]
     assert out["episode"].tolist() == [e.path for e in episodes[:5]]
     version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "signglove-gru")
+    registered = Recognizer.load("models:/signglove-gru/1", f"sqlite:///{tmp / 'mlflow.db'}")
+    assert registered.predict_files([root / episodes[0].path])[0].jamo == out["jamo"][0]
     assert (
         int(version.version) == 1
         and MlflowClient().get_registered_model("signglove-gru").name == "signglove-gru"
