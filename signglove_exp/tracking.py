@@ -53,20 +53,24 @@ def tracking_uri(cfg: DictConfig) -> str:
     return resolve_uri(cfg.tracking.uri, cfg.paths.outputs)
 
 
-def ensure_experiment(cfg: DictConfig) -> tuple[MlflowClient, str]:
-    """Create the store and the experiment once; local stores keep files beside the database."""
-    uri = tracking_uri(cfg)
+def experiment_id(uri: str, name: str) -> tuple[MlflowClient, str]:
+    """Create the store and the experiment once. An SQLite store keeps its files in mlartifacts/
+    beside the database (MLflow's own default, ./mlruns, would land wherever the command ran)."""
     client = MlflowClient(uri)
-    name = cfg.tracking.experiment
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        local = uri.startswith(("sqlite:", "file:", "/"))
-        location = Path(cfg.paths.outputs, "mlartifacts").resolve().as_uri() if local else None
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
         try:
             return client, client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created meanwhile by a parallel job
             exp = client.get_experiment_by_name(name)
     return client, exp.experiment_id
+
+
+def ensure_experiment(cfg: DictConfig) -> tuple[MlflowClient, str]:
+    return experiment_id(tracking_uri(cfg), cfg.tracking.experiment)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
@@ -225,9 +229,7 @@ def log_evaluation(
     kind: str = "evaluation",
 ) -> str:
     """An evaluation (or an import) as a run of its own, tagged with the training run it evaluates."""
-    client = MlflowClient(resolve_uri(uri))
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    client, exp_id = experiment_id(resolve_uri(uri), experiment)
     tags = {"signglove.kind": kind, "mlflow.source.git.commit": git_commit()}
     if source_run:
         tags["signglove.source_run"] = source_run

@@ -66,9 +66,13 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_imports_reproduce_upstreams_accuracies_and_carry_their_mode(tmp_path):
+def test_imports_reproduce_upstreams_accuracies_and_carry_their_mode(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     results = legacy.main(["--tracking-uri", uri, "--out", str(tmp_path / "converted")])
+    assert not any((tmp_path / "cwd").iterdir())  # files land beside the store, not where the command ran
+    assert any((tmp_path / "mlartifacts").rglob("confusion_matrix.png"))
     assert {r["file"]: (r["model"], round(r["eval/acc"], 4)) for r in results} == EXPECTED
     client = MlflowClient(uri)
     for r in results:
