@@ -47,8 +47,8 @@ class Prediction:
 class Recognizer:
     """`run(x, lengths) -> probabilities` is the network (PyTorch or ONNX Runtime); `meta` feeds it."""
 
-    def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray], meta: dict):
-        self.run, self.meta = run, meta
+    def __init__(self, run: Callable[[np.ndarray, np.ndarray], np.ndarray], meta: dict, net=None):
+        self.run, self.meta, self.net = run, meta, net  # net: the torch module, when there is one
         self.classes: list[str] = meta["classes"]
         self.channels: list[str] = meta["channels"]
 
@@ -62,9 +62,7 @@ class Recognizer:
         def run(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
             return torch.softmax(net(torch.from_numpy(x), torch.from_numpy(lengths)), dim=1).numpy()
 
-        rec = cls(run, meta)
-        rec.net = net
-        return rec
+        return cls(run, meta, net)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Recognizer:
