@@ -182,7 +182,8 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
         lines.append(f"| {t['model']} | {t['n']} | {t['diff']:+.4f} | {t['wins']}/{t['n']} | {p} |")
     lines += [
         "",
-        "p < 0.05 marks a lead unlikely to be seed/fold luck; with 5 pairs, treat p near 0.05 with care.",
+        "p < 0.05 marks a lead unlikely to be seed/fold luck. With few pairs the test has little power: "
+        "a large p means not shown, not no difference.",
         "",
     ]
 

@@ -171,6 +171,27 @@ def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
     assert "Comparison report:" in stdout
 
 
+def test_parallel_launcher_runs_jobs_at_once_under_one_parent(tmp_path, cache_dir):
+    run_cli(
+        "-m",
+        *store_overrides(tmp_path, cache_dir),
+        "model=gru,stacked_gru",
+        "trainer=debug",
+        "trainer.max_epochs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={tmp_path / 'sw'}",
+        cwd=tmp_path,
+    )
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    a, b = [r.info for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert a.status == b.status == "FINISHED"
+    assert a.start_time < b.end_time and b.start_time < a.end_time  # the two jobs overlapped
+    assert (tmp_path / "sw" / "report" / "report.md").is_file()
+
+
 def test_report_command_selects_runs_by_filter(small_sweep, tmp_path):
     client, runs, tmp, _ = small_sweep
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
