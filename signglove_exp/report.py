@@ -33,6 +33,11 @@ def _fmt(value, spec: str) -> str:
 def sweep_table(runs: list[dict]) -> str:
     """One Markdown row per run: model, parameters, test accuracy, macro F1, best epoch, wall time."""
     varying = _varying_params(runs)
+    models = list(dict.fromkeys(r["params"].get("model.name", "?") for r in runs))
+    runs = sorted(
+        runs,
+        key=lambda r: (models.index(r["params"].get("model.name", "?")), [_natural(r, k) for k in varying]),
+    )
     lines = [
         "| model | "
         + "".join(f"{k} | " for k in varying)
@@ -50,6 +55,12 @@ def sweep_table(runs: list[dict]) -> str:
             f"| {_fmt(m.get('best_epoch'), 'd')} | {_fmt(m.get('time/train_s'), '.0f')} | {r['status']} |"
         )
     return "\n".join(lines)
+
+
+def _natural(run: dict, key: str) -> tuple:
+    """Sort key of a param value: seeds and folds as numbers (2 before 10), anything else as text."""
+    value = run["params"].get(key, "")
+    return (0, int(value), "") if value.lstrip("-").isdigit() else (1, 0, value)
 
 
 def _varying_params(runs: list[dict]) -> list[str]:
