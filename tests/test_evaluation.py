@@ -125,23 +125,29 @@ def test_manifest_and_class_counts_match_what_was_trained(make_cfg, tmp_path):
     )
 
 
-@pytest.fixture(scope="module")
-def small_sweep(tmp_path_factory, cache_dir):
-    tmp = tmp_path_factory.mktemp("sweep")
+def run_sweep(tmp, cache_dir, *overrides):
+    """A GRU/StackedGRU multirun from the command line into tmp; returns (client, runs, stdout)."""
     proc = run_cli(
         "-m",
         *store_overrides(tmp, cache_dir),
         "model=gru,stacked_gru",
-        "seed=1,2,3",
         "trainer=debug",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3",
+        *overrides,
         f"hydra.sweep.dir={tmp / 'sw'}",
         cwd=tmp,
     )
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
-    return client, runs, tmp, proc.stdout
+    return client, runs, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory, cache_dir):
+    tmp = tmp_path_factory.mktemp("sweep")
+    client, runs, stdout = run_sweep(
+        tmp, cache_dir, "seed=1,2,3", "trainer.max_epochs=1", "trainer.limit_train_batches=3"
+    )
+    return client, runs, tmp, stdout
 
 
 def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
@@ -172,19 +178,9 @@ def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
 
 
 def test_parallel_launcher_runs_jobs_at_once_under_one_parent(tmp_path, cache_dir):
-    run_cli(
-        "-m",
-        *store_overrides(tmp_path, cache_dir),
-        "model=gru,stacked_gru",
-        "trainer=debug",
-        "trainer.max_epochs=2",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={tmp_path / 'sw'}",
-        cwd=tmp_path,
+    _, runs, _ = run_sweep(
+        tmp_path, cache_dir, "trainer.max_epochs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
     )
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     a, b = [r.info for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert a.status == b.status == "FINISHED"
