@@ -228,7 +228,12 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.report", description=__doc__.split("\n")[0])
     which = ap.add_mutually_exclusive_group()
-    which.add_argument("--sweep", help="the sweep tag of a multirun (its folder name under outputs/multirun)")
+    which.add_argument(
+        "--sweep",
+        nargs="+",
+        default=[],
+        help="the sweep tag of a multirun (its folder name under outputs/multirun); several make one report",
+    )
     which.add_argument("--parent", help="the parent run id of a multirun")
     which.add_argument("--filter", help="an MLflow search filter, e.g. \"tags.sweep = 'x'\"")
     ap.add_argument("--experiment", default="signglove", help="MLflow experiment (default: signglove)")
@@ -236,15 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, help="output folder (default: outputs/reports/<selection>)")
     args = ap.parse_args(argv)
     selection = tracking.RunSelection(
-        args.experiment, args.sweep, args.parent, args.filter, args.tracking_uri
+        args.experiment, tuple(args.sweep), args.parent, args.filter, args.tracking_uri
     )
-    runs, parent = tracking.fetch_runs(selection)
+    runs, parents = tracking.fetch_runs(selection)
     out = args.out or tracking.DEFAULT_OUTPUTS / "reports" / selection.slug()
     files = build_report(runs, out, f"Comparison: {selection.describe()}")
-    if parent:
+    for parent in parents:
         tracking.log_report(selection, parent, files)
     print((out / "report.md").read_text(encoding="utf-8"))
-    print(f"Written to {out}" + (f" and logged to run {parent}" if parent else ""))
+    print(f"Written to {out}" + (f" and logged to run(s) {', '.join(parents)}" if parents else ""))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import mlflow
 import mlflow.artifacts
@@ -21,7 +23,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -127,23 +129,25 @@ def log_files(logger: MLFlowLogger, files: list[Path], artifact_path: str | None
 
 @dataclass
 class RunSelection:
-    """Which runs a report covers: a sweep, a parent run, a search filter, or a whole experiment."""
+    """Which runs a report covers: one or more sweeps, a parent run, a search filter, or a whole
+    experiment. Several sweeps make one report, e.g. a sweep stopped early and the one that ran its
+    remaining jobs."""
 
     experiment: str = "signglove"
-    sweep: str | None = None
+    sweeps: tuple[str, ...] = ()
     parent: str | None = None
     filter: str | None = None
     uri: str | None = None
 
-    def search_filter(self) -> str:
-        if self.sweep:
-            return f"tags.sweep = '{self.sweep}'"
+    def search_filters(self) -> list[str]:
+        if self.sweeps:
+            return [f"tags.sweep = '{s}'" for s in self.sweeps]
         if self.parent:
-            return f"tags.`mlflow.parentRunId` = '{self.parent}'"
-        return self.filter or ""
+            return [f"tags.`mlflow.parentRunId` = '{self.parent}'"]
+        return [self.filter or ""]
 
     def describe(self) -> str:
-        return self.search_filter() or f"experiment {self.experiment}"
+        return " or ".join(f for f in self.search_filters() if f) or f"experiment {self.experiment}"
 
     def slug(self) -> str:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.describe())[:80]
@@ -160,19 +164,22 @@ def _confusion(client: MlflowClient, run_id: str) -> tuple[list[str], np.ndarray
     return rows[0][1:], np.array([[int(v) for v in r[1:]] for r in rows[1:]])
 
 
-def fetch_runs(selection: RunSelection) -> tuple[list[dict], str | None]:
+def fetch_runs(selection: RunSelection) -> tuple[list[dict], list[str]]:
     """Selected runs as plain dicts (params, metrics, tags, classes, confusion), oldest first, and the
-    sweep's parent run id when the selection is one sweep."""
+    parent run ids of the selected sweeps (the report is logged to each)."""
     client = MlflowClient(resolve_uri(selection.uri))
     exp = client.get_experiment_by_name(selection.experiment)
     if exp is None:
         raise ValueError(f"no MLflow experiment {selection.experiment!r} at {resolve_uri(selection.uri)}")
-    found = client.search_runs(
-        [exp.experiment_id], selection.search_filter(), order_by=["attributes.start_time ASC"]
-    )
-    parent = selection.parent
-    if selection.sweep:
-        parent = next((r.info.run_id for r in found if "mlflow.parentRunId" not in r.data.tags), None)
+    found = [
+        r
+        for f in selection.search_filters()
+        for r in client.search_runs([exp.experiment_id], f, max_results=50_000)
+    ]
+    found.sort(key=lambda r: r.info.start_time)
+    parents = [selection.parent] if selection.parent else []
+    if selection.sweeps:
+        parents = [r.info.run_id for r in found if "mlflow.parentRunId" not in r.data.tags]
     runs = []
     for r in found:
         if "mlflow.parentRunId" not in r.data.tags and "test/acc" not in r.data.metrics:
@@ -191,7 +198,7 @@ def fetch_runs(selection: RunSelection) -> tuple[list[dict], str | None]:
         )
     if not runs:
         raise ValueError(f"no runs match {selection.describe()} in experiment {selection.experiment!r}")
-    return runs, parent
+    return runs, parents
 
 
 def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | None = None) -> Path:
@@ -251,51 +258,75 @@ def log_report(selection: RunSelection, run_id: str, files: list[Path]) -> None:
 
 
 class SweepTracking(Callback):
-    """A multirun's parent run: opened before the jobs, summarised and closed after them."""
+    """A multirun's parent run: opened before the jobs, summarised and closed after them, or by
+    `close_open_sweep` when the multirun is stopped or breaks."""
+
+    open: ClassVar[SweepTracking | None] = None  # the sweep this process is running
 
     def __init__(self) -> None:
         self.client: MlflowClient | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.client, self.experiment_id = ensure_experiment(config)
-        sweep = Path(config.hydra.sweep.dir).name
+        self.sweep_dir = Path(config.hydra.sweep.dir)
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"sweep-{sweep}",
-            tags={"sweep": sweep, "mlflow.source.git.commit": git_commit()},
+            run_name=f"sweep-{self.sweep_dir.name}",
+            tags={"sweep": self.sweep_dir.name, "mlflow.source.git.commit": git_commit()},
         )
         self.parent = run.info.run_id
-        os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = self.parent, sweep
+        self.selection = RunSelection(
+            config.tracking.experiment, parent=self.parent, uri=tracking_uri(config)
+        )
+        os.environ[PARENT_ENV], os.environ[SWEEP_ENV] = self.parent, self.sweep_dir.name
         self.started = time.time()
+        SweepTracking.open = self
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if self.client is None:
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        selection = RunSelection(config.tracking.experiment, parent=self.parent, uri=tracking_uri(config))
-        runs, _ = fetch_runs(selection)
-        table = report.sweep_table(runs)
-        print(f"\nSweep {os.environ[SWEEP_ENV]}: {len(runs)} runs, parent run {self.parent}\n\n{table}\n")
-        summary = sweep_dir / "sweep_summary.md"
+        if self.client is not None:
+            self.close()
+
+    def close(self, stopped: str | None = None) -> None:
+        """Summary, report over the finished runs, parent run ended. `stopped` (KILLED or FAILED) says
+        the jobs did not all return; runs a killed worker left RUNNING get that status too."""
+        SweepTracking.open = None
+        for key in (PARENT_ENV, SWEEP_ENV):
+            os.environ.pop(key, None)
+        try:
+            runs, _ = fetch_runs(self.selection)
+        except ValueError:
+            runs = []
+        for r in runs:
+            if stopped and r["status"] == "RUNNING":
+                self.client.set_terminated(r["run_id"], stopped)
+                r["status"] = stopped
+        name = self.sweep_dir.name
+        table = report.sweep_table(runs) if runs else "(no runs)"
+        print(f"\nSweep {name}: {len(runs)} runs, parent run {self.parent}\n\n{table}\n")
+        summary = self.sweep_dir / "sweep_summary.md"
         summary.parent.mkdir(parents=True, exist_ok=True)
         summary.write_text(table + "\n", encoding="utf-8")
         self.client.log_artifact(self.parent, str(summary))
         if any(r["status"] == "FINISHED" for r in runs):
-            files = report.build_report(runs, sweep_dir / "report", f"Sweep {os.environ[SWEEP_ENV]}")
-            log_report(selection, self.parent, files)
+            files = report.build_report(runs, self.sweep_dir / "report", f"Sweep {name}")
+            log_report(self.selection, self.parent, files)
             print(f"Comparison report: {files[0]}")
         self.client.log_metric(self.parent, "time/sweep_s", time.time() - self.started)
         failed = any(r["status"] != "FINISHED" for r in runs)
-        self.client.set_terminated(
-            self.parent, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
-        )
-        for key in (PARENT_ENV, SWEEP_ENV):
-            os.environ.pop(key, None)
+        self.client.set_terminated(self.parent, stopped or ("FAILED" if failed else "FINISHED"))
 
 
-def mark_failed(logger: MLFlowLogger) -> None:
-    """A run that broke stays visible, marked FAILED, with whatever it logged."""
-    logger.experiment.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))
+def close_open_sweep(stopped: str) -> None:
+    """Ends the multirun this process is running, if any, after Ctrl-C (KILLED) or an error (FAILED),
+    so that no run is left RUNNING and the finished ones still get their report."""
+    if SweepTracking.open is not None:
+        SweepTracking.open.close(stopped)
+
+
+def mark_stopped(logger: MLFlowLogger, error: BaseException) -> None:
+    """A run that broke (FAILED) or was stopped (KILLED: Ctrl-C) stays visible with whatever it logged."""
+    stopped = isinstance(error, KeyboardInterrupt | SystemExit)  # Lightning turns Ctrl-C into SystemExit
+    logger.experiment.set_terminated(logger.run_id, "KILLED" if stopped else "FAILED")
 
 
 def run_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:
@@ -308,19 +339,22 @@ def log_pyfunc(cfg: DictConfig, run_id: str, checkpoint: Path, example_csv: Path
     Column types follow a real episode file (flex sensors are integer ADC readings).
     """
     example = pd.read_csv(example_csv)[channels]
-    signature = infer_signature(
-        example, pd.DataFrame({"episode": ["0"], "jamo": ["ㄱ"], "confidence": [1.0], "top3": ["ㄱ:1.000"]})
-    )
-    signature.inputs.inputs.append(ColSpec("string", "episode", required=False))
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-            artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(Path(__file__).parent)],
-            signature=signature,
-            input_example=example,
-            pip_requirements=PYFUNC_REQUIREMENTS,
+    with warnings.catch_warnings():  # the integer columns are meant, so MLflow's hint about them is noise
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(
+            example,
+            pd.DataFrame({"episode": ["0"], "jamo": ["ㄱ"], "confidence": [1.0], "top3": ["ㄱ:1.000"]}),
         )
+        signature.inputs.inputs.append(ColSpec("string", "episode", required=False))
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"checkpoint": str(checkpoint)},
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=PYFUNC_REQUIREMENTS,
+            )
     return info.model_uri

@@ -1,11 +1,14 @@
 """One experiment: data -> model -> Lightning fit -> test on the best checkpoint -> MLflow run.
 
-`train(cfg)` is plain (tests call it directly); `main` is the Hydra entry point around it.
+`train(cfg)` is plain (tests call it directly); `main` is the Hydra entry point around it and `cli`
+the command, which also ends a stopped or broken multirun's MLflow runs.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -78,8 +81,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     logger = tracking.make_logger(cfg, {"data.fingerprint": prepared.corpus.fingerprint})
     try:
         metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir)
-    except BaseException:
-        tracking.mark_failed(logger)
+    except BaseException as error:
+        tracking.mark_stopped(logger, error)
         raise
     print(
         f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
@@ -156,3 +159,27 @@ def compose(*overrides: str) -> DictConfig:
 def main(cfg: DictConfig) -> float:
     metrics, _ = train(cfg)
     return metrics["test/acc"]
+
+
+def cli() -> None:
+    """`main` as a command: a multirun stopped with Ctrl-C or broken by an error ends its MLflow runs
+    (KILLED or FAILED) and reports what finished, instead of leaving them RUNNING."""
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    # A process started with SIGINT ignored (`nohup ... &`) keeps ignoring it.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        main()
+    except BaseException:
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        tracking.close_open_sweep("KILLED" if interrupted else "FAILED")
+        if interrupted:
+            print("Stopped by Ctrl-C.", file=sys.stderr)
+            raise SystemExit(130) from None
+        raise

@@ -34,16 +34,19 @@ def store_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
     ]
 
 
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "signglove_exp", *args]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment minus a tracking URI of the machine's own, so runs land in the test's store."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`python -m signglove_exp ARGS` in a fresh process, as a user types it."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
-        [sys.executable, "-m", "signglove_exp", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -6,6 +6,7 @@ import csv
 import re
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,15 +126,14 @@ def test_manifest_and_class_counts_match_what_was_trained(make_cfg, tmp_path):
     )
 
 
-def run_sweep(tmp, cache_dir, *overrides):
-    """A GRU/StackedGRU multirun from the command line into tmp; returns (client, runs, stdout)."""
+def run_sweep(tmp, cache_dir, *overrides, name="sw"):
+    """A multirun from the command line into tmp/name (also its sweep tag); returns (client, runs, stdout)."""
     proc = run_cli(
         "-m",
         *store_overrides(tmp, cache_dir),
-        "model=gru,stacked_gru",
         "trainer=debug",
         *overrides,
-        f"hydra.sweep.dir={tmp / 'sw'}",
+        f"hydra.sweep.dir={tmp / name}",
         cwd=tmp,
     )
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
@@ -145,7 +145,12 @@ def run_sweep(tmp, cache_dir, *overrides):
 def small_sweep(tmp_path_factory, cache_dir):
     tmp = tmp_path_factory.mktemp("sweep")
     client, runs, stdout = run_sweep(
-        tmp, cache_dir, "seed=1,2,3", "trainer.max_epochs=1", "trainer.limit_train_batches=3"
+        tmp,
+        cache_dir,
+        "model=gru,stacked_gru",
+        "seed=1,2,3",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
     )
     return client, runs, tmp, stdout
 
@@ -179,7 +184,12 @@ def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
 
 def test_parallel_launcher_runs_jobs_at_once_under_one_parent(tmp_path, cache_dir):
     _, runs, _ = run_sweep(
-        tmp_path, cache_dir, "trainer.max_epochs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"
+        tmp_path,
+        cache_dir,
+        "model=gru,stacked_gru",
+        "trainer.max_epochs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
     )
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     a, b = [r.info for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -194,6 +204,32 @@ def test_report_command_selects_runs_by_filter(small_sweep, tmp_path):
     report.main(["--tracking-uri", uri, "--filter", "params.seed = '2'", "--out", str(tmp_path)])
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert text.count("| 1 | 25,624 |") == 1 and re.search(r"^2 finished runs", text, re.M)
+
+
+def test_report_over_two_sweeps_covers_both_and_is_logged_to_both_parents(small_sweep, cache_dir, tmp_path):
+    """A stopped sweep finished by a second one (here: a fourth GRU seed) gets one report."""
+    _, _, tmp, _ = small_sweep
+    client, runs, _ = run_sweep(
+        tmp,
+        cache_dir,
+        "model=gru",
+        "seed=4",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        name="sw2",
+    )
+    report.main(
+        ["--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--sweep", "sw", "sw2", "--out", str(tmp_path)]
+    )
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert re.search(r"^7 finished runs", text, re.M)
+    assert re.search(r"^\| gru \| 4 \|", text, re.M) and re.search(r"^\| stacked_gru \| 3 \|", text, re.M)
+    parents = [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 2
+    for run_id in parents:
+        (tmp_path / run_id).mkdir()
+        logged = Path(client.download_artifacts(run_id, "report/report.md", str(tmp_path / run_id)))
+        assert logged.read_text(encoding="utf-8") == text
 
 
 def test_evaluate_a_run_on_its_own_test_split_reproduces_its_metrics(cli_run, tmp_path):

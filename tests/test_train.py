@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import signal
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from signglove_exp import data, plots
 from signglove_exp.module import classification_metrics, load_checkpoint
 from signglove_exp.train import PROJECT_DIR, train
-from tests.conftest import compose_config, run_cli, store_overrides
+from tests.conftest import cli_command, cli_env, compose_config, run_cli, store_overrides
 
 TEST_METRICS = ["test/acc", "test/balanced_acc", "test/f1_macro", "test/precision_macro", "test/recall_macro"]
 
@@ -148,6 +153,80 @@ def test_sweep_trains_all_four_models_as_one_group(tmp_path, cache_dir):
         assert (
             f"{r.data.metrics['test/acc']:.4f}" in row and f"{int(r.data.metrics['model/n_params']):,}" in row
         )
+
+
+def runs_by(client: MlflowClient, param: str) -> tuple[object, dict[str, object]]:
+    """A sweep's parent run and its child runs keyed by one param's value."""
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parent, {r.data.params[param]: r for r in runs if r is not parent}
+
+
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["serial", "joblib"]
+)
+def test_ctrl_c_ends_every_run_of_a_sweep_and_reports_what_finished(tmp_path, cache_dir, launcher):
+    sweep = subprocess.Popen(
+        cli_command(
+            "-m",
+            *store_overrides(tmp_path, cache_dir),
+            "model=gru",
+            "trainer=debug",
+            "trainer.max_epochs=1,1000",
+            "callbacks.early_stopping.patience=1000",
+            *launcher,
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+        ),
+        cwd=tmp_path,
+        env=cli_env(),
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under nohup
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in sweep.stdout:  # the one-epoch job has finished
+        if "test acc" in line:
+            break
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for _ in range(120):  # and the long one is training
+        _, runs = runs_by(client, "trainer.max_epochs")
+        if "1000" in runs:
+            break
+        time.sleep(1)
+    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
+    output = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == 130 and "Stopped by Ctrl-C." in output
+    parent, runs = runs_by(client, "trainer.max_epochs")
+    assert {k: r.info.status for k, r in runs.items()} == {"1": "FINISHED", "1000": "KILLED"}
+    assert parent.info.status == "KILLED"
+    text = (tmp_path / "sw" / "report" / "report.md").read_text(encoding="utf-8")
+    assert re.search(r"^1 finished run", text, re.M)
+    assert "report/report.md" in all_artifacts(client, parent.info.run_id)
+
+
+def test_a_broken_job_fails_the_sweep_but_the_others_are_reported(tmp_path, cache_dir):
+    proc = subprocess.run(
+        cli_command(
+            "-m",
+            *store_overrides(tmp_path, cache_dir),
+            "model=gru",
+            "trainer=debug",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "optimizer.lr=1e-3,-1",  # AdamW refuses a negative learning rate once training starts
+            f"hydra.sweep.dir={tmp_path / 'sw'}",
+        ),
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    parent, runs = runs_by(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "optimizer.lr")
+    assert parent.info.status == "FAILED" and "Invalid learning rate" in proc.stderr
+    assert {float(k): r.info.status for k, r in runs.items()} == {1e-3: "FINISHED", -1: "FAILED"}
+    assert (tmp_path / "sw" / "report" / "report.md").is_file()
 
 
 def test_confusion_matrix_draws_hangul_without_missing_glyphs(tmp_path):
