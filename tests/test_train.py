@@ -221,6 +221,7 @@ def test_a_broken_job_fails_the_sweep_but_the_others_are_reported(tmp_path, cach
         env=cli_env(),
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert proc.returncode == 1
     parent, runs = runs_by(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "optimizer.lr")
