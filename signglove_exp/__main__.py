@@ -1,5 +1,5 @@
-"""`python -m signglove_exp [overrides]`: one experiment, or a multirun with -m or sweep=..."""
+"""`python -m signglove_exp [overrides]`: one experiment, a multirun (-m or sweep=...), or resume=..."""
 
-from signglove_exp.train import cli
+from signglove_exp.training.cli import cli
 
 cli()

@@ -15,13 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from signglove_exp import data
-from signglove_exp.export import export_onnx
-from signglove_exp.models import ARCHITECTURES, build_model
-from signglove_exp.recognize import Recognizer
-from signglove_exp.train import compose
 
 
 def timings(fn, batches: list[tuple[np.ndarray, np.ndarray]], repeats: int) -> np.ndarray:
@@ -40,18 +33,21 @@ def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=200, help="timed calls per cell (default 200)")
     args = ap.parse_args(argv)
+
+    import torch
+
+    from signglove_exp import data
+    from signglove_exp.card import ModelCard
+    from signglove_exp.inference.onnx_export import export_onnx
+    from signglove_exp.inference.recognizer import Recognizer
+    from signglove_exp.models import ARCHITECTURES
+    from signglove_exp.training.cli import compose
+
     cfg = compose()
     prepared = data.prepare(cfg.data, cfg.split)
     x, lengths, _ = prepared.arrays["test"]
     singles = [(x[i : i + 1], lengths[i : i + 1]) for i in range(len(x))]
     batches = [(x[i : i + 64], lengths[i : i + 64]) for i in range(0, len(x) - 63, 64)]
-    meta = {
-        "classes": prepared.corpus.classes,
-        "channels": prepared.corpus.channels,
-        "seq_len": prepared.seq_len,
-        "padding": dict(cfg.data.padding),
-        "scaler": prepared.scaler,
-    }
     lines = [
         f"CPU threads: torch {torch.get_num_threads()}, ONNX Runtime default; {args.repeats} calls per cell",
         "",
@@ -60,9 +56,17 @@ def main(argv: list[str] | None = None) -> str:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in ARCHITECTURES:
-            net = build_model(name, n_channels=x.shape[2], n_classes=len(meta["classes"])).eval()
-            engines = {"PyTorch eager": Recognizer.from_torch(net, {**meta, "model": {"name": name}}).run}
-            onnx_path = export_onnx(net, {**meta, "model": {"name": name}}, Path(tmp) / f"{name}.onnx")
+            card = ModelCard(
+                model={"name": name, "n_channels": x.shape[2], "n_classes": len(prepared.corpus.classes)},
+                classes=prepared.corpus.classes,
+                channels=prepared.corpus.channels,
+                seq_len=prepared.seq_len,
+                padding=dict(cfg.data.padding),
+                scaler=prepared.scaler,
+            )
+            net = card.build_net()
+            engines = {"PyTorch eager": Recognizer.from_torch(net, card).run}
+            onnx_path = export_onnx(net, card, Path(tmp) / f"{name}.onnx")
             engines["ONNX Runtime"] = Recognizer.from_onnx(onnx_path).run
             for engine, run in engines.items():
                 one, many = timings(run, singles, args.repeats), timings(run, batches, args.repeats)

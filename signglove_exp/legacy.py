@@ -16,18 +16,14 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
 
-from signglove_exp import PROJECT_DIR, evaluate, tracking
-from signglove_exp.models import build_model, count_parameters
-from signglove_exp.recognize import Recognizer
-from signglove_exp.train import compose
+from signglove_exp import PROJECT_DIR
+from signglove_exp.card import ModelCard
 
 UPSTREAM_PADDING = {"value": 1.0, "units": "raw"}  # upstream padded raw episodes with 1.0, then scaled
 
 
-def identify(state_dict: dict[str, torch.Tensor]) -> dict:
+def identify(state_dict: dict) -> dict:
     """Architecture name and hyper-parameters from weights alone (architectures.md's signatures)."""
     sd = {k.removeprefix("model."): v for k, v in state_dict.items()}
     keys = set(sd)
@@ -126,8 +122,11 @@ def read_scaler_pickle(path: str | Path, channels: list[str]) -> dict:
     }
 
 
-def import_checkpoint(path: str | Path, scaler: dict, cfg) -> tuple[torch.nn.Module, dict]:
-    """Rebuild an upstream checkpoint as this project's model, run the way upstream ran it."""
+def import_checkpoint(path: str | Path, scaler: dict, cfg):
+    """Rebuild an upstream checkpoint as this project's model and card, run the way upstream ran it."""
+    import torch
+    from omegaconf import OmegaConf
+
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state_dict = {k.removeprefix("model."): v for k, v in ckpt.get("state_dict", ckpt).items()}
     hparams = identify(state_dict)
@@ -136,25 +135,25 @@ def import_checkpoint(path: str | Path, scaler: dict, cfg) -> tuple[torch.nn.Mod
             f"{path}: {hparams['n_channels']} input channels, the scaler has {len(scaler['channels'])}"
         )
     hparams["n_channels"] = len(scaler["channels"])
-    net = build_model(**hparams, readout="upstream")
-    net.load_state_dict(state_dict)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    meta = {
-        "model": {**hparams, "readout": "upstream"},
-        "classes": list(cfg.data.classes),
-        "channels": list(scaler["channels"]),
-        "seq_len": 87,
-        "padding": dict(UPSTREAM_PADDING),
-        "scaler": scaler,
-        "data_fingerprint": None,
-        "config": {
+    card = ModelCard(
+        model={**hparams, "readout": "upstream"},
+        classes=list(cfg.data.classes),
+        channels=list(scaler["channels"]),
+        seq_len=87,
+        padding=dict(UPSTREAM_PADDING),
+        scaler=scaler,
+        config={
             "data": {**data_cfg, "padding": dict(UPSTREAM_PADDING)},
             "split": OmegaConf.to_container(cfg.split, resolve=True),
         },
-        "version": "legacy",
-        "legacy": {"file": Path(path).name, "epoch": ckpt.get("epoch")},
-    }
-    return net.eval(), meta
+        lineage={
+            "source": f"upstream KLP-SignGlove {Path(path).name}",
+            "adapted": "imported",
+            "epoch": ckpt.get("epoch"),
+        },
+    )
+    return card.build_net(state_dict), card
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -164,45 +163,52 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--scaler", type=Path, default=default_dir / "scaler.pkl", help="upstream's scaler.pkl")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     ap.add_argument("--experiment", default="signglove-legacy", help="MLflow experiment for the imports")
-    ap.add_argument(
-        "--out", type=Path, default=tracking.DEFAULT_OUTPUTS / "legacy", help="converted checkpoints"
-    )
+    ap.add_argument("--out", type=Path, help="converted checkpoints (default: outputs/legacy)")
     args = ap.parse_args(argv)
+
+    import torch
+
+    from signglove_exp.card import CARD_KEY
+    from signglove_exp.inference.evaluation import episodes_to_evaluate, evaluate
+    from signglove_exp.inference.recognizer import Recognizer
+    from signglove_exp.models import count_parameters
+    from signglove_exp.tracking.runs import log_evaluation
+    from signglove_exp.tracking.store import DEFAULT_OUTPUTS
+    from signglove_exp.training.cli import compose
+
     cfg = compose()
     scaler = read_scaler_pickle(args.scaler, list(cfg.data.channels))
     results = []
     for path in args.checkpoints or sorted(default_dir.glob("*.ckpt")):
-        net, meta = import_checkpoint(path, scaler, cfg)
-        out = args.out / path.stem
+        net, card = import_checkpoint(path, scaler, cfg)
+        out = (args.out or DEFAULT_OUTPUTS / "legacy") / path.stem
         out.mkdir(parents=True, exist_ok=True)
-        converted = out / f"{meta['model']['name']}-{path.stem}.ckpt"
-        torch.save({"state_dict": net.state_dict(), "signglove": meta}, converted)
-        rec = Recognizer.from_torch(net, meta)
-        corpus, idx, described = evaluate.episodes_to_evaluate(rec, None)
-        metrics, files = evaluate.evaluate(rec, corpus, idx, out)
+        converted = out / f"{card.name}-{path.stem}.ckpt"
+        torch.save({"state_dict": net.state_dict(), CARD_KEY: card.to_dict()}, converted)
+        rec = Recognizer.from_torch(net, card)
+        corpus, idx, described = episodes_to_evaluate(rec, None)
+        metrics, files = evaluate(rec, corpus, idx, out)
         params = {
             "legacy.file": path.name,
-            "model.name": meta["model"]["name"],
-            "model.readout": "upstream",
             "padding": "1.0 raw",
             "data": described,
-            **{f"model.{k}": v for k, v in meta["model"].items()},
+            **{f"model.{k}": v for k, v in card.model.items()},
         }
-        run_id = tracking.log_evaluation(
+        run_id = log_evaluation(
             args.tracking_uri,
             args.experiment,
             None,
-            f"legacy-{meta['model']['name']}",
+            f"legacy-{card.name}",
             params,
             metrics,
             [*files, converted],
             kind="legacy-import",
         )
         print(
-            f"{path.name}: {meta['model']['name']} ({count_parameters(net):,} parameters), "
+            f"{path.name}: {card.name} ({count_parameters(net):,} parameters), "
             f"test acc {metrics['eval/acc']:.4f} on {len(idx)} episodes; run {run_id}, checkpoint {converted}"
         )
-        results.append({"file": path.name, "model": meta["model"]["name"], "run_id": run_id, **metrics})
+        results.append({"file": path.name, "model": card.name, "run_id": run_id, **metrics})
     return results
 
 

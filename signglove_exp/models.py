@@ -54,6 +54,8 @@ def cnn_head(hidden: int, n_classes: int, dropout: float) -> nn.Sequential:
 class GRU(nn.Module):
     """One- or multi-layer GRU; `input_projection > 0` adds upstream's Linear(C -> P) before it."""
 
+    PARTS = {"recurrent": ("RNN",), "head": ("output_layers",)}  # named groups, for fine-tuning
+
     def __init__(
         self,
         n_channels=8,
@@ -94,7 +96,7 @@ class _MS3D(nn.Module):
 
     def __init__(self, n_channels, filters, kernels, grid, time_pool, dropout, stacked_towers):
         super().__init__()
-        rows, cols = grid
+        rows, cols = grid or (4, -(-n_channels // 4))  # default: 4 rows (8 channels: upstream's 4 x 2)
         if n_channels > rows * cols:
             raise ValueError(f"{n_channels} channels do not fit a {rows} x {cols} grid")
         self.n_channels, self.grid, self.time_pool = n_channels, (rows, cols), time_pool
@@ -121,6 +123,8 @@ class _MS3D(nn.Module):
 
 
 class MS3DGRU(_MS3D):
+    PARTS = {"recurrent": ("gru",), "head": ("output_layers",)}
+
     def __init__(
         self,
         n_channels=8,
@@ -128,7 +132,7 @@ class MS3DGRU(_MS3D):
         hidden=64,
         filters=32,
         kernels=(3, 5, 7),
-        grid=(4, 2),
+        grid=None,
         time_pool=2,
         dropout=0.2,
         readout="last_real",
@@ -145,6 +149,8 @@ class MS3DGRU(_MS3D):
 
 
 class MS3DStackedGRU(_MS3D):
+    PARTS = {"recurrent": ("gru1", "gru2"), "head": ("output_layers",)}
+
     def __init__(
         self,
         n_channels=8,
@@ -152,7 +158,7 @@ class MS3DStackedGRU(_MS3D):
         hidden=64,
         filters=32,
         kernels=(3, 5, 7),
-        grid=(4, 2),
+        grid=None,
         time_pool=1,
         dropout=0.2,
         readout="last_real",

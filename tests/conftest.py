@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from signglove_exp.train import compose as compose_config
+from signglove_exp.training.cli import compose as compose_config
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +22,14 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def make_cfg(tmp_path, cache_dir):
     """compose(overrides) with outputs, the MLflow store and the run folder under tmp_path."""
-    return lambda *overrides: compose_config(*store_overrides(tmp_path, cache_dir), *overrides)
+    return lambda *overrides: compose_config(
+        *store_overrides(tmp_path, cache_dir), f"paths.output_dir={tmp_path / 'run'}", *overrides
+    )
 
 
 def store_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
     return [
         f"paths.outputs={tmp_path / 'outputs'}",
-        f"paths.output_dir={tmp_path / 'run'}",
         f"data.cache_dir={cache_dir}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]

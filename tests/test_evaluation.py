@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from signglove_exp import data, evaluate, report
-from signglove_exp.train import train
+from signglove_exp.reporting import compare
+from signglove_exp.training.train import train
 from tests.conftest import compose_config, run_cli, store_overrides
 
 
@@ -171,7 +172,7 @@ def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
     }
     for model, values in acc.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {model} | 3 |"))
-        s = report.summarise(values)
+        s = compare.summarise(values)
         assert f"{s['mean']:.4f} +- {s['std']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}]" in row
     best, other = sorted(acc, key=lambda m: -np.mean(acc[m]))
     p = stats.ttest_rel(acc[best], acc[other]).pvalue
@@ -238,7 +239,10 @@ def test_evaluate_a_run_on_its_own_test_split_reproduces_its_metrics(cli_run, tm
     metrics = evaluate.main([run.info.run_id, "--tracking-uri", uri, "--out", str(tmp_path)])
     for key in ["acc", "balanced_acc", "f1_macro", "precision_macro", "recall_macro"]:
         assert metrics[f"eval/{key}"] == pytest.approx(run.data.metrics[f"test/{key}"], abs=1e-6)
-    (ev,) = client.search_runs([run.info.experiment_id], f"tags.`signglove.source_run` = '{run.info.run_id}'")
+    (ev,) = client.search_runs(
+        [run.info.experiment_id],
+        f"tags.`signglove.source_run` = '{run.info.run_id}' and tags.`signglove.kind` = 'evaluation'",
+    )
     assert ev.data.metrics["eval/acc"] == pytest.approx(metrics["eval/acc"])
     assert {a.path for a in client.list_artifacts(ev.info.run_id)} >= {
         "per_class.csv",

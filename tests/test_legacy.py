@@ -10,9 +10,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR, inspect, legacy
-from signglove_exp.module import load_checkpoint
-from signglove_exp.recognize import Recognizer
+from signglove_exp import PROJECT_DIR, describe, legacy
+from signglove_exp.card import load_model
+from signglove_exp.inference.recognizer import Recognizer
 
 LEGACY = PROJECT_DIR / "data" / "legacy"
 # file -> (architecture, accuracy on upstream's exact test split, as the legacy README gives it)
@@ -30,7 +30,7 @@ def test_architecture_is_told_from_weights_alone(name):
     sd = torch.load(LEGACY / name, map_location="cpu", weights_only=True)["state_dict"]
     hparams = legacy.identify(sd)
     assert hparams["name"] == EXPECTED[name][0]
-    assert f"architecture: {EXPECTED[name][0]} " in inspect.main([str(LEGACY / name)])
+    assert f"architecture: {EXPECTED[name][0]} " in describe.main([str(LEGACY / name)])
 
 
 def test_legacy_gru_keeps_its_input_projection():
@@ -82,7 +82,8 @@ def test_imports_reproduce_upstreams_accuracies_and_carry_their_mode(tmp_path, m
             and run.data.params["model.readout"] == "upstream"
         )
     converted = next(Path(tmp_path / "converted").rglob("gru-epoch92*.ckpt"))
-    net, meta = load_checkpoint(converted)
-    assert meta["padding"] == {"value": 1.0, "units": "raw"} and meta["model"]["readout"] == "upstream"
-    assert Recognizer.from_torch(net, meta).meta["scaler"]["n_samples_seen"] == 2884 * 87
-    assert "architecture: gru (49,816 trainable parameters)" in inspect.main([str(converted)])
+    net, card = load_model(converted)
+    assert card.padding == {"value": 1.0, "units": "raw"} and card.readout == "upstream"
+    assert Recognizer.from_torch(net, card).card.scaler["n_samples_seen"] == 2884 * 87
+    assert card.lineage["source"] == "upstream KLP-SignGlove epoch92-valloss0.04.ckpt"
+    assert "architecture: gru (49,816 trainable parameters)" in describe.main([str(converted)])

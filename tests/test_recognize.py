@@ -16,8 +16,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import PROJECT_DIR, data, legacy, recognize
-from signglove_exp.export import export_onnx
-from signglove_exp.recognize import Recognizer, StreamSettings, recognise_stream, stream_rows
+from signglove_exp.inference.onnx_export import export_onnx
+from signglove_exp.inference.recognizer import Recognizer
+from signglove_exp.inference.stream import StreamSettings, recognise_stream, stream_rows
 from tests.conftest import compose_config
 
 REFERENCE = PROJECT_DIR / "data" / "pretrained" / "gru-reference.ckpt"
@@ -175,11 +176,11 @@ def test_onnx_export_matches_pytorch_on_real_episodes(name, test_split, tmp_path
     scaler = legacy.read_scaler_pickle(
         PROJECT_DIR / "data" / "legacy" / "scaler.pkl", list(cfg.data.channels)
     )
-    net, meta = legacy.import_checkpoint(PROJECT_DIR / "data" / "legacy" / name, scaler, cfg)
-    torch_rec = Recognizer.from_torch(net, meta)
-    onnx_rec = Recognizer.from_onnx(export_onnx(net, meta, tmp_path / "model.onnx"))
+    net, card = legacy.import_checkpoint(PROJECT_DIR / "data" / "legacy" / name, scaler, cfg)
+    torch_rec = Recognizer.from_torch(net, card)
+    onnx_rec = Recognizer.from_onnx(export_onnx(net, card, tmp_path / "model.onnx"))
     values = [e.values for e in episodes[:150]]
     values[0] = values[0][:20]  # a short episode too, exercising the padding and readout
     p_torch, p_onnx = torch_rec.probabilities(values), onnx_rec.probabilities(values)
     assert np.abs(p_torch - p_onnx).max() <= 1e-5
-    assert onnx_rec.meta["model"]["name"] == meta["model"]["name"]
+    assert onnx_rec.card == card

@@ -17,9 +17,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import data, plots
-from signglove_exp.module import classification_metrics, load_checkpoint
-from signglove_exp.train import PROJECT_DIR, train
+from signglove_exp import PROJECT_DIR, data
+from signglove_exp.card import load_model
+from signglove_exp.metrics import classification_metrics
+from signglove_exp.reporting import figures
+from signglove_exp.training.train import train
 from tests.conftest import cli_command, cli_env, compose_config, run_cli, store_overrides
 
 TEST_METRICS = ["test/acc", "test/balanced_acc", "test/f1_macro", "test/precision_macro", "test/recall_macro"]
@@ -89,20 +91,20 @@ def test_run_logs_every_artifact(cli_run, tmp_path):
 def test_logged_checkpoint_alone_reproduces_the_logged_test_metrics(cli_run, tmp_path, cache_dir):
     client, run, _, _ = cli_run
     (ckpt,) = [a for a in all_artifacts(client, run.info.run_id) if a.endswith(".ckpt")]
-    net, meta = load_checkpoint(client.download_artifacts(run.info.run_id, ckpt, str(tmp_path)))
-    assert meta["model"]["name"] == "gru" and meta["classes"][0] == "ㄱ" and meta["seq_len"] == 87
+    net, card = load_model(client.download_artifacts(run.info.run_id, ckpt, str(tmp_path)))
+    assert card.name == "gru" and card.classes[0] == "ㄱ" and card.seq_len == 87
     cfg = compose_config(f"data.cache_dir={cache_dir}")
     corpus = data.load_corpus(
         cfg.data.root,
-        meta["classes"],
-        meta["channels"],
+        card.classes,
+        card.channels,
         cfg.data.min_len,
         cfg.data.signer_prefix,
         cache_dir=cache_dir,
     )
     test = data.split(corpus, cfg.split)["test"]
     x, lengths = data.to_arrays(
-        [corpus.episodes[i].values for i in test], meta["scaler"], meta["seq_len"], meta["padding"]
+        [corpus.episodes[i].values for i in test], card.scaler, card.seq_len, card.padding
     )
     with torch.no_grad():
         pred = net(torch.from_numpy(x), torch.from_numpy(lengths)).argmax(1).numpy()
@@ -234,5 +236,7 @@ def test_confusion_matrix_draws_hangul_without_missing_glyphs(tmp_path):
     classes = list(compose_config().data.classes)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plots.confusion_matrix_figure(np.eye(24, dtype=int) * 5, classes, tmp_path / "cm.png", "jamo ㄱ..ㅣ")
+        figures.confusion_matrix_figure(
+            np.eye(24, dtype=int) * 5, classes, tmp_path / "cm.png", "jamo ㄱ..ㅣ"
+        )
     assert (tmp_path / "cm.png").stat().st_size > 10_000

@@ -7,7 +7,7 @@ ignored); an optional `episode` column groups rows into episodes, else all rows 
 import mlflow
 import pandas as pd
 
-from signglove_exp.recognize import Recognizer
+from signglove_exp.inference.recognizer import Recognizer
 
 
 class GlovePyfunc(mlflow.pyfunc.PythonModel):

@@ -8,45 +8,38 @@ from collections.abc import Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-)
+from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from signglove_exp.models import build_model
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Plain accuracy next to upstream's 'accuracy' (balanced) and the macro scores."""
-    labels = list(range(n_classes))
-    macro = {"average": "macro", "labels": labels, "zero_division": 0}
-    return {
-        "acc": float(accuracy_score(y_true, y_pred)),
-        "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, **macro)),
-        "precision_macro": float(precision_score(y_true, y_pred, **macro)),
-        "recall_macro": float(recall_score(y_true, y_pred, **macro)),
-    }
+from signglove_exp.card import CARD_KEY, ModelCard
+from signglove_exp.metrics import classification_metrics
 
 
 class Classifier(pl.LightningModule):
-    """`meta` (classes, channels, scaler, model config, ...) is written into every checkpoint."""
+    """The model card is written into every checkpoint. Parts of `net` with no trainable parameter
+    (frozen for fine-tuning) stay in eval mode, so their dropout and batch statistics stay fixed too."""
 
-    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None, meta: dict):
+    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None, card: ModelCard):
         super().__init__()
-        self.net, self.optimizer, self.scheduler, self.meta = net, optimizer, scheduler, meta
-        self.n_classes = len(meta["classes"])
+        self.net, self.optimizer, self.scheduler, self.card = net, optimizer, scheduler, card
+        self.n_classes = len(card.classes)
+        self.frozen = [
+            m
+            for m in net.children()
+            if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())
+        ]
         self.loss = nn.CrossEntropyLoss()
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.test_confusion: np.ndarray | None = None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(x, lengths)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
 
     def training_step(self, batch, batch_idx):
         x, lengths, y = batch
@@ -83,7 +76,7 @@ class Classifier(pl.LightningModule):
         self.test_confusion = confusion_matrix(y, pred, labels=list(range(self.n_classes)))
 
     def configure_optimizers(self):
-        optimizer = self.optimizer(self.parameters())
+        optimizer = self.optimizer([p for p in self.parameters() if p.requires_grad])
         if self.scheduler is None:
             return optimizer
         return {
@@ -96,18 +89,23 @@ class Classifier(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["signglove"] = self.meta
+        checkpoint[CARD_KEY] = self.card.to_dict()
 
-
-def load_checkpoint(path) -> tuple[nn.Module, dict]:
-    """Rebuild the trained network from a checkpoint alone: architecture, weights and `meta`."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "signglove" not in ckpt:
-        raise ValueError(f"{path}: not a signglove-exp checkpoint (no 'signglove' entry)")
-    meta = ckpt["signglove"]
-    net = build_model(**meta["model"])
-    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
-    return net.eval(), meta
+    @torch.no_grad()
+    def evaluate(self, x: np.ndarray, lengths: np.ndarray, y: np.ndarray, batch_size: int = 0) -> dict:
+        """Loss and metrics of the current weights on arrays (e.g. the validation part, best weights)."""
+        was_training = self.training
+        self.eval()
+        step = batch_size or len(y)
+        logits = torch.cat(
+            [
+                self.net(torch.from_numpy(x[i : i + step]), torch.from_numpy(lengths[i : i + step]))
+                for i in range(0, len(y), step)
+            ]
+        )
+        self.train(was_training)
+        loss = float(self.loss(logits, torch.from_numpy(y)))
+        return {"loss": loss, **classification_metrics(y, logits.argmax(1).numpy(), self.n_classes)}
 
 
 @torch.no_grad()

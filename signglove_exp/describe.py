@@ -1,8 +1,8 @@
-"""What a model is, from its checkpoint or MLflow run alone.
+"""What a model is, from its checkpoint, ONNX file or MLflow run alone: its model card.
 
-python -m signglove_exp.inspect path/to/model.ckpt
-python -m signglove_exp.inspect RUN_ID [--tracking-uri URI]
-python -m signglove_exp.inspect data/legacy/epoch92-valloss0.04.ckpt    # upstream files too
+python -m signglove_exp.describe path/to/model.ckpt          # or model.onnx
+python -m signglove_exp.describe RUN_ID [--tracking-uri URI]
+python -m signglove_exp.describe data/legacy/epoch92-valloss0.04.ckpt    # upstream files too
 """
 
 from __future__ import annotations
@@ -10,27 +10,30 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from signglove_exp import legacy, tracking
-from signglove_exp.models import build_model, count_parameters
-
 
 def describe(path: str | Path) -> dict:
-    """Plain facts about a checkpoint; an upstream file is identified from its weights."""
+    """The card as plain facts, with the checkpoint's epoch; an upstream file is told from its weights."""
+    import torch
+
+    from signglove_exp.card import CARD_KEY, read_card
+
+    if Path(path).suffix == ".onnx":
+        return {"source": "ONNX model", **read_card(path).to_dict()}
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "signglove" in ckpt:
-        meta = ckpt["signglove"]
-        return {"source": "signglove-exp checkpoint", **meta, "epoch": ckpt.get("epoch")}
-    hparams = legacy.identify(ckpt.get("state_dict", ckpt))
+    if CARD_KEY in ckpt:
+        return {"source": "signglove-exp checkpoint", **read_card(ckpt).to_dict(), "epoch": ckpt.get("epoch")}
+    from signglove_exp.legacy import identify
+
     return {
-        "source": "upstream KLP-SignGlove checkpoint (no metadata; architecture told from its weights)",
-        "model": hparams,
+        "source": "upstream KLP-SignGlove checkpoint (no model card; architecture told from its weights)",
+        "model": identify(ckpt.get("state_dict", ckpt)),
         "epoch": ckpt.get("epoch"),
     }
 
 
 def render(info: dict, metrics: dict | None = None) -> str:
+    from signglove_exp.models import build_model, count_parameters
+
     model = dict(info["model"])
     name = model.pop("name")
     n_params = count_parameters(build_model(name, **model))
@@ -55,32 +58,40 @@ def render(info: dict, metrics: dict | None = None) -> str:
             ),
             f"              fitted on {scaler['n_samples_seen']:,} real steps",
             f"trained on:   data fingerprint {info.get('data_fingerprint') or 'unknown'}",
-            f"version:      signglove-exp {info.get('version')}",
+            "lineage:      "
+            + (
+                ", ".join(f"{k}={v}" for k, v in info["lineage"].items() if v)
+                if info.get("lineage")
+                else "scratch"
+            ),
+            f"version:      signglove-exp {info.get('version')} (card version {info.get('card_version')})",
         ]
         split = info.get("config", {}).get("split")
         if split:
             lines.append("split:        " + ", ".join(f"{k}={v}" for k, v in split.items()))
     else:
         lines.append(
-            "metadata:     none: classes, channels and scaler must come from elsewhere "
+            "card:         none: classes, channels and scaler must come from elsewhere "
             "(python -m signglove_exp.legacy imports it with upstream's)"
         )
     for k, v in sorted((metrics or {}).items()):
-        if k.startswith(("test/", "eval/", "best_epoch")):
+        if k.startswith(("test/", "eval/", "best/", "best_epoch")):
             lines.append(f"metric:       {k} = {v:.4f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
-    ap = argparse.ArgumentParser(prog="python -m signglove_exp.inspect", description=__doc__.split("\n")[0])
-    ap.add_argument("model", help="a checkpoint file or an MLflow run id")
+    ap = argparse.ArgumentParser(prog="python -m signglove_exp.describe", description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="a checkpoint or .onnx file, or an MLflow run id")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db")
     args = ap.parse_args(argv)
     metrics = None
     path = Path(args.model)
     if not path.is_file():
-        path = tracking.download_checkpoint(args.model, args.tracking_uri)
-        metrics = tracking.run_metrics(args.model, args.tracking_uri)
+        from signglove_exp.tracking.queries import download_checkpoint, run_metrics
+
+        path = download_checkpoint(args.model, args.tracking_uri)
+        metrics = run_metrics(args.model, args.tracking_uri)
     text = render(describe(path), metrics)
     print(text)
     return text

@@ -1,0 +1,203 @@
+"""Episode CSVs -> a corpus of labelled, validated episodes (records + bad-file report), cached.
+
+A jamo label is born here, in `load_corpus`: the class folder's index in `data.classes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import tarfile
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_VERSION = 1  # bump when parsing rules change, so old caches are not reused
+
+
+class BadEpisodeError(ValueError):
+    """An episode file that cannot be used, raised when `data.on_bad_file=raise`."""
+
+
+@dataclass
+class Episode:
+    path: str  # relative to the data root, POSIX separators
+    jamo: str  # the class folder name (NFC)
+    label: int  # index of `jamo` in data.classes
+    signer: str  # the subset folder, less data.signer_prefix
+    session: str  # the numbered recording-block folder
+    values: np.ndarray | None  # (n_timepoints, n_channels) raw units; None when rejected
+    reason: str | None = None  # why the file was rejected; None when usable
+
+
+@dataclass
+class Corpus:
+    root: Path
+    classes: list[str]
+    channels: list[str]
+    episodes: list[Episode]  # every file with a known class, in upstream order, rejected ones included
+    unlabelled: list[tuple[str, str]]  # (path, reason) of files whose class folder is not a known class
+    fingerprint: str  # sha256 over every episode file's relative path and bytes
+
+    @property
+    def rejected(self) -> list[tuple[str, str]]:
+        return [(e.path, e.reason) for e in self.episodes if e.reason] + self.unlabelled
+
+
+def ensure_unpacked(root: str | Path, archive: str | Path | None) -> Path:
+    """Unpack the bundled archive on first use; a user's own folder is used as it is."""
+    root = Path(root)
+    if root.is_dir():
+        return root
+    if not archive or not Path(archive).is_file():
+        raise FileNotFoundError(f"data.root {root} does not exist (and no data.archive to unpack it from)")
+    with tempfile.TemporaryDirectory(dir=root.parent if root.parent.is_dir() else None) as tmp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        unpacked = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        if len(unpacked) != 1:
+            raise ValueError(f"{archive}: expected one top-level folder, found {len(unpacked)}")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if not root.exists():  # a parallel job may have won the race; its copy is identical
+            shutil.move(str(unpacked[0]), root)
+    return root
+
+
+def _natural(s: str) -> tuple:
+    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+
+
+def read_episode(path: Path, channels: list[str], min_len: int) -> tuple[np.ndarray | None, str | None]:
+    """Parse one episode CSV into (n_timepoints, n_channels), or say why it cannot be used."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        return None, f"unreadable: {e}"
+    if not rows:
+        return None, "empty file"
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in channels if c not in header]
+    if missing:
+        return None, f"missing column(s) {', '.join(missing)}"
+    cols = [header.index(c) for c in channels]
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            return None, f"line {line}: {len(row)} fields, header has {len(header)}"
+    raw = [[row[j] for j in cols] for row in rows[1:]]
+    try:
+        values = np.array(raw, dtype=np.float64).reshape(len(raw), len(cols))
+    except ValueError:
+        line, name, text = next(
+            (i, channels[k], v)
+            for i, r in enumerate(raw, start=2)
+            for k, v in enumerate(r)
+            if not _is_float(v)
+        )
+        return None, f"line {line}: non-numeric value {text!r} in column {name}"
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i, k = np.argwhere(bad)[0]
+        return None, f"line {i + 2}: non-finite value {raw[i][k]!r} in column {channels[k]}"
+    if len(values) < min_len:
+        return None, f"too short: {len(values)} rows < data.min_len={min_len}"
+    return values, None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def fingerprint_files(root: Path, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def load_corpus(
+    root: str | Path,
+    classes: list[str],
+    channels: list[str],
+    min_len: int,
+    signer_prefix: str = "",
+    on_bad_file: str = "skip",
+    cache_dir: str | Path | None = None,
+) -> Corpus:
+    """Find every `episode_*.csv` under root (any depth) and parse it, through a cache."""
+    if on_bad_file not in ("skip", "raise"):
+        raise ValueError(f"data.on_bad_file must be 'skip' or 'raise', not {on_bad_file!r}")
+    root = Path(root)
+    files = sorted(root.rglob("episode_*.csv"))
+    if not files:
+        raise FileNotFoundError(f"no episode_*.csv files under data.root {root}")
+    fingerprint = fingerprint_files(root, files)
+    key = hashlib.sha256(
+        json.dumps([CACHE_VERSION, fingerprint, channels, classes, min_len, signer_prefix]).encode()
+    ).hexdigest()[:16]
+    cache = Path(cache_dir) / f"episodes-{key}.npz" if cache_dir else None
+    if cache and cache.is_file():
+        corpus = _read_cache(cache, root, classes, channels, fingerprint)
+    else:
+        corpus = _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint)
+        if cache:
+            _write_cache(cache, corpus)
+    if on_bad_file == "raise" and corpus.rejected:
+        path, reason = corpus.rejected[0]
+        raise BadEpisodeError(f"{root / path}: {reason} (set data.on_bad_file=skip to skip such files)")
+    return corpus
+
+
+def _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint) -> Corpus:
+    index = {c: i for i, c in enumerate(classes)}
+    episodes, unlabelled = [], []
+    for f in files:
+        rel = f.relative_to(root)
+        if len(rel.parts) < 3:
+            unlabelled.append((rel.as_posix(), "not inside a <class>/<session>/ folder"))
+            continue
+        jamo = unicodedata.normalize("NFC", rel.parts[-3])
+        if jamo not in index:
+            unlabelled.append((rel.as_posix(), f"class folder {jamo!r} is not in data.classes"))
+            continue
+        signer = rel.parts[0].removeprefix(signer_prefix) if len(rel.parts) >= 4 else ""
+        values, reason = read_episode(f, channels, min_len)
+        episodes.append(Episode(rel.as_posix(), jamo, index[jamo], signer, rel.parts[-2], values, reason))
+    episodes.sort(key=lambda e: (e.label, _natural(e.session), Path(e.path).name))
+    return Corpus(root, list(classes), list(channels), episodes, unlabelled, fingerprint)
+
+
+def _write_cache(path: Path, corpus: Corpus) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "episodes": [[e.path, e.jamo, e.label, e.signer, e.session, e.reason] for e in corpus.episodes],
+        "unlabelled": corpus.unlabelled,
+    }
+    used = [e.values for e in corpus.episodes if e.values is not None]
+    values = np.concatenate(used) if used else np.zeros((0, len(corpus.channels)))
+    lengths = np.array([len(v) for v in used], dtype=np.int64)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, meta=np.array(json.dumps(meta)), values=values, lengths=lengths)
+    Path(tmp.name).replace(path)
+
+
+def _read_cache(path: Path, root: Path, classes, channels, fingerprint) -> Corpus:
+    with np.load(path, allow_pickle=False) as z:
+        meta, values, lengths = json.loads(str(z["meta"])), z["values"], z["lengths"]
+    chunks = iter(np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else [])
+    episodes = [
+        Episode(p, j, lab, s, sess, None if reason else next(chunks), reason)
+        for p, j, lab, s, sess, reason in meta["episodes"]
+    ]
+    unlabelled = [tuple(u) for u in meta["unlabelled"]]
+    return Corpus(root, list(classes), list(channels), episodes, unlabelled, fingerprint)

@@ -1,0 +1,117 @@
+"""Corpus -> split -> preprocessing fitted on the train part only -> arrays the models read.
+
+`prepare` is the whole data path of one run. Preprocessing state (today the per-channel scaler) is
+fitted here, on train only, or handed in from a source model; normalisation scopes and train-only
+augmentation plug in at the same point. Knows nothing of models or MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from signglove_exp.data.corpus import Corpus, ensure_unpacked, load_corpus
+from signglove_exp.data.splits import PARTS, split
+
+
+@dataclass
+class Prepared:
+    corpus: Corpus
+    parts: dict[str, list[int]]  # part name -> indices into corpus.episodes (usable episodes only)
+    scaler: dict  # channels, mean, scale, n_samples_seen: JSON-ready
+    seq_len: int
+    arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # part -> (x (n_cases, n_timepoints, n_channels) float32, lengths int64, labels int64)
+
+
+def fit_scaler(values: list[np.ndarray], channels: list[str]) -> dict:
+    """Per-channel mean and standard deviation over real steps only (as sklearn's StandardScaler)."""
+    steps = np.concatenate(values).astype(np.float64)
+    std = steps.std(axis=0)
+    return {
+        "channels": list(channels),
+        "mean": steps.mean(axis=0).tolist(),
+        "scale": np.where(std > 0, std, 1.0).tolist(),
+        "n_samples_seen": int(len(steps)),
+    }
+
+
+def to_arrays(
+    values: list[np.ndarray], scaler: dict, seq_len: int, padding: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut or pad at the end to seq_len and scale, with lengths of the real steps.
+
+    padding["units"] says where padding["value"] lives: "scaled" pads after scaling (the default);
+    "raw" pads in sensor units and scales the padded steps too, as upstream did.
+    """
+    if padding["units"] not in ("scaled", "raw"):
+        raise ValueError(f"padding units must be 'scaled' or 'raw', not {padding['units']!r}")
+    mean, scale = np.asarray(scaler["mean"]), np.asarray(scaler["scale"])
+    raw = padding["units"] == "raw"
+    x = np.full((len(values), seq_len, len(mean)), padding["value"], dtype=np.float64)
+    lengths = np.zeros(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        n = min(len(v), seq_len)
+        x[i, :n] = v[:n] if raw else (v[:n] - mean) / scale
+        lengths[i] = n
+    if raw:
+        x = (x - mean) / scale
+    return x.astype(np.float32), lengths
+
+
+def prepare(cfg_data, cfg_split, scaler: dict | None = None) -> Prepared:
+    """The whole data path of one run: corpus -> split -> scaler (train only, or `scaler`) -> arrays."""
+    root = ensure_unpacked(cfg_data.root, cfg_data.get("archive"))
+    corpus = load_corpus(
+        root,
+        list(cfg_data.classes),
+        list(cfg_data.channels),
+        cfg_data.min_len,
+        cfg_data.signer_prefix,
+        cfg_data.on_bad_file,
+        cfg_data.get("cache_dir"),
+    )
+    parts = split(corpus, cfg_split)
+    eps = corpus.episodes
+    if scaler is None:
+        scaler = fit_scaler([eps[i].values for i in parts["train"]], corpus.channels)
+    prepared = Prepared(corpus, parts, scaler, cfg_data.seq_len)
+    for part, idx in parts.items():
+        x, lengths = to_arrays([eps[i].values for i in idx], scaler, cfg_data.seq_len, cfg_data.padding)
+        prepared.arrays[part] = (x, lengths, np.array([eps[i].label for i in idx], dtype=np.int64))
+    return prepared
+
+
+def write_reports(prepared: Prepared, out_dir: Path) -> list[Path]:
+    """The bad-file report, the split manifest, per-part class counts and the scaler, as run files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus = prepared.corpus
+    bad = out_dir / "bad_files.tsv"
+    with open(bad, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["path", "reason"])
+        w.writerows(corpus.rejected)
+    manifest = out_dir / "split_manifest.csv"
+    part_of = {i: p for p, idx in prepared.parts.items() for i in idx}
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "part", "jamo", "signer", "session"])
+        for i, e in enumerate(corpus.episodes):
+            w.writerow(
+                [e.path, part_of.get(i, "rejected" if e.reason else "unused"), e.jamo, e.signer, e.session]
+            )
+    counts = out_dir / "class_counts.csv"
+    with open(counts, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["jamo", *PARTS])
+        for label, jamo in enumerate(corpus.classes):
+            w.writerow(
+                [jamo, *(sum(corpus.episodes[i].label == label for i in prepared.parts[p]) for p in PARTS)]
+            )
+    scaler = out_dir / "scaler.json"
+    scaler.write_text(json.dumps(prepared.scaler, indent=2, ensure_ascii=False), encoding="utf-8")
+    return [bad, manifest, counts, scaler]

@@ -1,0 +1,109 @@
+"""Split strategies, a registry: `split.strategy` names one, `split(corpus, cfg)` runs it.
+
+A strategy maps (episode labels, the corpus, the split config) to train/val/test index arrays over
+every labelled episode; rejected episodes are dropped afterwards so that none moves another. To add
+one, decorate a function with `@strategy("name")` and add `conf/split/<name>.yaml`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from signglove_exp.data.corpus import Corpus
+
+PARTS = ("train", "val", "test")
+Strategy = Callable[[np.ndarray, Corpus, object], dict[str, np.ndarray]]
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def strategy(name: str) -> Callable[[Strategy], Strategy]:
+    def register(fn: Strategy) -> Strategy:
+        STRATEGIES[name] = fn
+        return fn
+
+    return register
+
+
+def _carve_val(
+    idx: np.ndarray, labels: np.ndarray, val_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    train, val = train_test_split(idx, test_size=val_size, stratify=labels[idx], random_state=seed)
+    return train, val
+
+
+@strategy("stratified")
+def split_stratified(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray]:
+    """Upstream's two calls to train_test_split, so the reference partition is reproduced exactly."""
+    idx = np.arange(len(labels))
+    rest, test = train_test_split(idx, test_size=cfg.test_size, stratify=labels, random_state=cfg.seed)
+    train, val = _carve_val(rest, labels, cfg.val_size, cfg.seed)
+    return {"train": train, "val": val, "test": test}
+
+
+@strategy("kfold")
+def split_kfold(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray]:
+    """Fold `fold` of a stratified k-fold is the test part; validation is carved from the other folds."""
+    if not 0 <= cfg.fold < cfg.n_folds:
+        raise ValueError(
+            f"split.fold={cfg.fold} is outside 0..{cfg.n_folds - 1} (split.n_folds={cfg.n_folds})"
+        )
+    folds = StratifiedKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.seed).split(labels, labels)
+    rest, test = list(folds)[cfg.fold]
+    train, val = _carve_val(rest, labels, cfg.val_size, cfg.seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def split_by_group(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    test_groups: list[str],
+    val_groups: list[str] | None,
+    val_size: float,
+    seed: int,
+    what: str,
+) -> dict[str, np.ndarray]:
+    """Whole groups (signers, sessions) held out for test, and for validation when val_groups is given."""
+    known = sorted(set(groups.tolist()))
+    for g in [*test_groups, *(val_groups or [])]:
+        if g not in known:
+            raise ValueError(f"{what} {g!r} is not in the data; known: {', '.join(known)}")
+    idx = np.arange(len(labels))
+    test = idx[np.isin(groups, test_groups)]
+    if val_groups:
+        val = idx[np.isin(groups, val_groups)]
+        train = idx[~np.isin(groups, [*test_groups, *val_groups])]
+    else:
+        train, val = _carve_val(idx[~np.isin(groups, test_groups)], labels, val_size, seed)
+    return {"train": train, "val": val, "test": test}
+
+
+@strategy("by_session")
+def split_by_session(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray]:
+    """Session k of every signer: a whole recording block held out."""
+    sessions = np.array([e.session for e in corpus.episodes])
+    val_sessions = [str(v) for v in cfg.val_sessions] if cfg.val_sessions else None
+    test_sessions = [str(v) for v in cfg.test_sessions]
+    return split_by_group(labels, sessions, test_sessions, val_sessions, cfg.val_size, cfg.seed, "session")
+
+
+@strategy("by_signer")
+def split_by_signer(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray]:
+    """Leave one signer out; validation is a stratified carve of the others."""
+    signers = np.array([e.signer for e in corpus.episodes])
+    return split_by_group(labels, signers, [cfg.test_signer], None, cfg.val_size, cfg.seed, "signer")
+
+
+def split(corpus: Corpus, cfg) -> dict[str, list[int]]:
+    """Split every labelled episode, rejected ones included so none moves another; then drop those."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown split.strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}")
+    eps = corpus.episodes
+    parts = STRATEGIES[cfg.strategy](np.array([e.label for e in eps]), corpus, cfg)
+    out = {p: sorted(int(i) for i in parts[p] if eps[i].reason is None) for p in PARTS}
+    empty = [p for p in PARTS if not out[p]]
+    if empty:
+        raise ValueError(f"split.strategy={cfg.strategy} leaves no usable episode in: {', '.join(empty)}")
+    return out

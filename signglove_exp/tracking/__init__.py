@@ -1,0 +1,2 @@
+"""The tracking room: `store` (where runs live), `runs` (writing them), `queries` (reading them back),
+`sweep` (a multirun's parent run, the Hydra callback)."""

@@ -1,0 +1,61 @@
+"""Where runs are tracked: the store's URI, the experiment (created once), the code's git commit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import PROJECT_DIR
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise
+DEFAULT_OUTPUTS = PROJECT_DIR / "outputs"
+
+
+def resolve_uri(uri: str | None, outputs: str | Path = DEFAULT_OUTPUTS) -> str:
+    """The given URI, else $MLFLOW_TRACKING_URI, else an SQLite store under `outputs`."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    outputs = Path(outputs).resolve()
+    outputs.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{outputs / 'mlflow.db'}"
+
+
+def tracking_uri(cfg) -> str:
+    return resolve_uri(cfg.tracking.uri, cfg.paths.outputs)
+
+
+def experiment_id(uri: str, name: str) -> tuple[MlflowClient, str]:
+    """Create the store and the experiment once. An SQLite store keeps its files in mlartifacts/
+    beside the database (MLflow's own default, ./mlruns, would land wherever the command ran)."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        try:
+            return client, client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by a parallel job
+            exp = client.get_experiment_by_name(name)
+    return client, exp.experiment_id
+
+
+def ensure_experiment(cfg) -> tuple[MlflowClient, str]:
+    return experiment_id(tracking_uri(cfg), cfg.tracking.experiment)
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

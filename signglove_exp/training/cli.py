@@ -1,0 +1,102 @@
+"""The experiment command: `python -m signglove_exp [overrides]` (or `signglove-exp`).
+
+Hydra composes the config; `main` trains it and returns `optimized_metric` to sweepers; `cli` turns
+`resume=` into the command line that continues a run or sweep, and ends a stopped or broken
+multirun's MLflow runs. torch, Lightning and MLflow are imported only when a run starts, so `--help`
+and `--cfg job` answer at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from signglove_exp import PROJECT_DIR
+
+OmegaConf.register_new_resolver("project_dir", lambda: str(PROJECT_DIR), replace=True)
+
+
+def compose(*overrides: str) -> DictConfig:
+    """The config the CLI would compose, for code and tests that run without `@hydra.main`."""
+    with hydra.initialize_config_dir(str(PROJECT_DIR / "conf"), version_base="1.3"):
+        return hydra.compose("config", overrides=list(overrides))
+
+
+@hydra.main(version_base="1.3", config_path=str(PROJECT_DIR / "conf"), config_name="config")
+def main(cfg: DictConfig) -> float:
+    from signglove_exp.training.train import objective, train
+
+    metrics, _ = train(cfg)
+    return objective(cfg, metrics)
+
+
+def resume_arguments(target: str, rest: list[str]) -> list[str]:
+    """`resume=TARGET` as the command line that continues it: a run folder (run.json), a sweep folder
+    (multirun.yaml), or an MLflow run id (its folder is tagged `signglove.run_dir`)."""
+    from signglove_exp.tracking.runs import RUN_RECORD
+
+    folder = Path(target)
+    if (folder / "multirun.yaml").is_file():
+        hydra_cfg = OmegaConf.load(folder / "multirun.yaml").hydra
+        kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+        return ["-m", *hydra_cfg.overrides.task, *kept, f"hydra.sweep.dir={folder.resolve()}", *rest]
+    if (folder / RUN_RECORD).is_file():
+        hydra_cfg = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
+        kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.mode="))]
+        return [*hydra_cfg.overrides.task, *kept, f"hydra.run.dir={folder.resolve()}", *rest]
+    if folder.exists():
+        raise SystemExit(f"resume={target}: neither a run folder (no {RUN_RECORD}) nor a sweep folder")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from signglove_exp.tracking.store import resolve_uri
+
+    uri = resolve_uri(next((o.split("=", 1)[1] for o in rest if o.startswith("tracking.uri=")), None))
+    try:
+        run_dir = MlflowClient(uri).get_run(target).data.tags.get("signglove.run_dir")
+    except MlflowException:
+        raise SystemExit(f"resume={target}: not a folder, and no MLflow run {target} at {uri}") from None
+    if not run_dir or not Path(run_dir).is_dir():
+        raise SystemExit(
+            f"resume={target}: the run's folder {run_dir} is not on this machine (it holds last.ckpt)"
+        )
+    return resume_arguments(run_dir, rest)
+
+
+def cli() -> None:
+    """`main` as a command. `resume=` continues a run or sweep. Ctrl-C and SIGTERM (a cluster's
+    preemption) stop it cleanly: runs KILLED, last.ckpt kept, the finished runs of a multirun
+    reported, exit status 128 + the signal; a broken multirun's runs end FAILED."""
+    argv = sys.argv[1:]
+    targets = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if targets:
+        sys.argv[1:] = resume_arguments(targets[-1], [a for a in argv if not a.startswith("resume=")])
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    # A process started with SIGINT ignored (`nohup ... &`) keeps ignoring it.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        main()
+    except BaseException:
+        if received:  # a second signal must not cut the clean-up short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if "signglove_exp.tracking.sweep" in sys.modules:  # a multirun was under way
+            from signglove_exp.tracking.sweep import close_open_sweep
+
+            close_open_sweep("KILLED" if received else "FAILED")
+        if received:
+            name = signal.Signals(received[0]).name
+            print(f"Stopped by {'Ctrl-C' if name == 'SIGINT' else name}.", file=sys.stderr)
+            raise SystemExit(128 + received[0]) from None
+        raise

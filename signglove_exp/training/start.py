@@ -1,0 +1,109 @@
+"""Where a run starts, decided in this one place: from scratch, resuming itself, or from a model.
+
+- A run folder that already names an MLflow run (`run.json`) is that run again: a FINISHED run is
+  skipped, any other continues from its `checkpoints/last.ckpt` (or from the start, in the same
+  MLflow run, when it was stopped before its first epoch ended) with the config it was started with.
+  This is what `resume=`, a resumed multirun and a requeued cluster job all come down to.
+- `init_from=` a checkpoint file, an MLflow run id or a `runs:/` / `models:/` URI: architecture,
+  weights, sequence length and padding come from the source's model card, and its scaler unless
+  `finetune.refit_scaler`; the config's classes and channels must be the source's.
+- Otherwise: a fresh network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from signglove_exp.card import ModelCard, read_checkpoint
+from signglove_exp.tracking.runs import flatten, read_run_record
+from signglove_exp.tracking.store import tracking_uri
+
+
+@dataclass
+class Start:
+    kind: str  # scratch | pretrained | resume | finished
+    cfg: DictConfig  # the config to run: a resumed run's own, a fine-tune's with the source's model
+    run_id: str | None = None  # the MLflow run to continue (resume, finished)
+    checkpoint: Path | None = None  # last.ckpt to resume from
+    card: ModelCard | None = None  # the card of the source model (pretrained) or of last.ckpt (resume)
+    weights: dict | None = None  # the source model's weights (pretrained)
+    lineage: dict = field(default_factory=dict)
+
+
+def starting_point(cfg: DictConfig) -> Start:
+    out_dir = Path(cfg.paths.output_dir)
+    record = read_run_record(out_dir)
+    if record is None:
+        return _fresh(cfg)
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    saved = OmegaConf.load(out_dir / "config.yaml")
+    changed = config_changes(saved, cfg)
+    if changed:
+        raise ValueError(
+            f"paths.output_dir {out_dir} holds run {record['run_id']}, started with other values of "
+            f"{', '.join(changed[:8])}: give this run its own folder, or continue that one with "
+            f"resume={out_dir}"
+        )
+    if run.info.status == "FINISHED":
+        return Start("finished", saved, run.info.run_id)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():  # stopped before its first epoch ended: start again, in the same run
+        again = _fresh(saved)
+        again.run_id = run.info.run_id
+        return again
+    card = read_checkpoint(last)[0]
+    return Start("resume", saved, run.info.run_id, last, card, lineage=card.lineage)
+
+
+def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
+    """The dotted keys whose resolved values differ between a run's saved config and `cfg`."""
+    a, b = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _fresh(cfg: DictConfig) -> Start:
+    if not cfg.get("init_from"):
+        return Start("scratch", cfg)
+    path, source_run = source_checkpoint(cfg)
+    card, weights, _ = read_checkpoint(path)
+    card.check_fits(cfg.data.classes, cfg.data.channels, f"init_from={cfg.init_from}")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model = {k: v for k, v in card.model.items() if k not in ("n_channels", "n_classes")}
+        cfg.data.seq_len, cfg.data.padding = card.seq_len, dict(card.padding)
+    lineage = {
+        "source": str(cfg.init_from),
+        "source_run": source_run,
+        "source_checkpoint": path.name,
+        "source_lineage": card.lineage or None,
+        "adapted": f"fine-tuned, finetune.train={OmegaConf.to_container(cfg.finetune)['train']}",
+        "scaler": "refit on this data's train part" if cfg.finetune.refit_scaler else "the source's",
+    }
+    return Start("pretrained", cfg, card=card, weights=weights, lineage=lineage)
+
+
+def source_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
+    """The checkpoint `init_from` names, fetched from MLflow when needed, and its run id if known."""
+    from signglove_exp.tracking.queries import download_checkpoint
+
+    source = str(cfg.init_from)
+    if Path(source).is_file():
+        return Path(source), None
+    if Path(source).suffix in (".ckpt", ".onnx") or "/" in source and ":/" not in source:
+        raise FileNotFoundError(f"init_from={source}: no such checkpoint file")
+    uri = tracking_uri(cfg)
+    try:
+        path = download_checkpoint(
+            source, uri, Path(cfg.paths.outputs) / "models" / source.replace(":/", "_")
+        )
+    except Exception as e:  # MLflow's errors for an unknown run or model are long; say it in one line
+        raise ValueError(
+            f"init_from={source}: not a file, and no such MLflow run or model at {uri} ({e})"
+        ) from e
+    run_id = source.split("/")[1] if source.startswith("runs:/") else None if ":/" in source else source
+    return path, run_id

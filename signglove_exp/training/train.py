@@ -1,0 +1,196 @@
+"""One experiment: data -> model -> Lightning fit -> test on the best checkpoint -> MLflow run.
+
+`train(cfg)` is plain (tests call it directly) and starts where `starting_point` says (scratch,
+resume, or a source model); the command around it is `training.cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, TensorDataset
+
+from signglove_exp import data
+from signglove_exp.card import ModelCard
+from signglove_exp.models import build_model
+from signglove_exp.reporting import figures
+from signglove_exp.tracking import runs, sweep
+from signglove_exp.tracking.queries import run_metrics
+from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.training.finetune import freeze
+from signglove_exp.training.module import Classifier, latency_ms
+from signglove_exp.training.resume_state import ResumeState
+from signglove_exp.training.start import Start, starting_point
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13, not ours to fix
+
+
+def loader(arrays, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
+    """A loader over (x, lengths, y); shuffled, by `generator`, when one is given."""
+    x, lengths, y = (torch.from_numpy(a) for a in arrays)
+    return DataLoader(
+        TensorDataset(x, lengths, y),
+        batch_size=batch_size or len(y),
+        shuffle=generator is not None,
+        generator=generator,
+    )
+
+
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
+    """What sweepers and searches optimise: `optimized_metric` of the best checkpoint, on validation."""
+    return metrics[f"best/{cfg.optimized_metric}"]
+
+
+def check_objective(cfg: DictConfig) -> None:
+    if not str(cfg.optimized_metric).startswith("val/"):
+        raise ValueError(
+            f"optimized_metric={cfg.optimized_metric}: must be a validation metric (val/loss, val/acc, "
+            "val/f1_macro); test metrics are reported, never optimised"
+        )
+
+
+def sweep_parent() -> dict | None:
+    """The parent run of the multirun this job belongs to, from the sweep folder's record."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return sweep.read_parent(HydraConfig.get().sweep.dir)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
+    """Train and test one configuration; returns (metrics, objects) and leaves a finished MLflow run."""
+    start = starting_point(cfg)
+    if start.kind == "finished":
+        print(f"Run {start.run_id} already finished: skipped")
+        return run_metrics(start.run_id, tracking_uri(start.cfg)), {"run_id": start.run_id, "start": start}
+    cfg = start.cfg
+    check_objective(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    reuse_scaler = start.card is not None and (start.kind == "resume" or not cfg.finetune.refit_scaler)
+    prepared = data.prepare(cfg.data, cfg.split, start.card.scaler if reuse_scaler else None)
+    classes, channels = prepared.corpus.classes, prepared.corpus.channels
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    net = build_model(**model_cfg, n_channels=len(channels), n_classes=len(classes))
+    if start.weights is not None:
+        net.load_state_dict(start.weights)
+    if cfg.init_from:
+        freeze(net, OmegaConf.to_container(cfg.finetune, resolve=True)["train"])
+    card = ModelCard(
+        model={**model_cfg, "n_channels": len(channels), "n_classes": len(classes)},
+        classes=classes,
+        channels=channels,
+        seq_len=prepared.seq_len,
+        padding=OmegaConf.to_container(cfg.data.padding, resolve=True),
+        scaler=prepared.scaler,
+        data_fingerprint=prepared.corpus.fingerprint,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        lineage=start.lineage,
+    )
+    module = Classifier(
+        net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card
+    )
+    logger = runs.make_logger(cfg, run_tags(cfg, prepared, start, out_dir), run_id=start.run_id)
+    if start.run_id is None:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        runs.write_run_record(out_dir, logger)
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        runs.log_params(logger, cfg, overrides)
+    elif start.kind == "resume":
+        epoch = torch.load(start.checkpoint, map_location="cpu", weights_only=True)["epoch"]
+        print(f"Resuming run {start.run_id} after epoch {epoch + 1}, from {start.checkpoint}")
+    try:
+        metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir, start)
+        logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    except BaseException as error:
+        runs.mark_stopped(logger, error)
+        raise
+    print(
+        f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
+        f"(best epoch {metrics['best_epoch']}); MLflow run {logger.run_id} at {tracking_uri(cfg)}"
+    )
+    return metrics, {"prepared": prepared, "module": module, "run_id": logger.run_id, "best_checkpoint": best}
+
+
+def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Path) -> dict[str, str]:
+    """Tags of a new run: data fingerprint, run folder (for resume=RUN_ID), sweep and source links."""
+    tags = {"data.fingerprint": prepared.corpus.fingerprint, "signglove.run_dir": str(out_dir.resolve())}
+    parent = sweep_parent()
+    if parent:
+        tags.update({"mlflow.parentRunId": parent["run_id"], "sweep": parent["sweep"]})
+    if start.lineage:
+        tags["signglove.init_from"] = start.lineage["source"]
+        if start.lineage["source_run"]:
+            tags["signglove.source_run"] = start.lineage["source_run"]
+            tags["mlflow.note.content"] = f"Fine-tuned from run {start.lineage['source_run']}."
+    return tags
+
+
+def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_dir: Path, start: Start):
+    n_params = sum(p.numel() for p in module.net.parameters())
+    n_trained = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+    sizes = {f"data/n_{p}": len(i) for p, i in prepared.parts.items()}
+    logger.log_metrics(
+        {
+            "model/n_params": n_params,
+            "model/n_trained": n_trained,
+            **sizes,
+            "data/n_rejected": len(prepared.corpus.rejected),
+        }
+    )
+    reports = data.write_reports(prepared, out_dir)
+    if prepared.corpus.rejected:
+        n_bad = len(prepared.corpus.rejected)
+        print(f"Skipped {n_bad} unusable episode file(s); reasons in {out_dir / 'bad_files.tsv'}")
+
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    train_loader = loader(prepared.arrays["train"], cfg.data.batch_size, shuffle)
+    val_loader = loader(prepared.arrays["val"], cfg.data.eval_batch_size)
+    resume_state = ResumeState(shuffle)
+    callbacks = [*(instantiate(c) for c in cfg.callbacks.values()), resume_state]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir)
+    )
+    trainer.fit(
+        module, train_loader, val_loader, ckpt_path=start.checkpoint if start.kind == "resume" else None
+    )
+    train_s = resume_state.elapsed_s()
+    best = trainer.checkpoint_callback.best_model_path
+    test_loader = loader(prepared.arrays["test"], cfg.data.eval_batch_size)
+    trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    validation = module.evaluate(*prepared.arrays["val"], batch_size=cfg.data.eval_batch_size)
+    x_test, len_test, _ = (torch.from_numpy(a) for a in prepared.arrays["test"])
+    metrics.update(
+        {
+            **{f"best/val/{k}": v for k, v in validation.items() if k in ("loss", "acc", "f1_macro")},
+            "best_epoch": torch.load(best, map_location="cpu", weights_only=True)["epoch"]
+            if best
+            else trainer.current_epoch,
+            "model/n_params": n_params,
+            "time/train_s": train_s,
+            "time/epoch_s": train_s / max(trainer.current_epoch, 1),
+            "time/latency_ms": latency_ms(module.net.cpu(), x_test, len_test),
+        }
+    )
+    logger.log_metrics({k: v for k, v in metrics.items() if not k.startswith("test/")})
+
+    title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
+    confusion = figures.write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
+    runs.log_files(logger, [*reports, out_dir / "config.yaml", *confusion])
+    if best:
+        runs.log_files(logger, [Path(best)], "checkpoints")
+        if cfg.tracking.log_model:
+            example = prepared.corpus.root / prepared.corpus.episodes[prepared.parts["test"][0]].path
+            runs.log_pyfunc(cfg, logger.run_id, Path(best), example, module.card)
+    return metrics, best

@@ -1,0 +1,128 @@
+"""The house: every config combination composes and builds, imports flow one way, commands start light."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from signglove_exp import PROJECT_DIR
+from signglove_exp.data import STRATEGIES
+from signglove_exp.models import build_model
+from tests.conftest import compose_config
+
+PACKAGE = PROJECT_DIR / "signglove_exp"
+CONF = PROJECT_DIR / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("split", options("split"))
+@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_data_and_split_composes_and_builds(model, data, split, tmp_path):
+    cfg = compose_config(f"model={model}", f"data={data}", f"split={split}", f"paths.output_dir={tmp_path}")
+    n_channels, n_classes = len(cfg.data.channels), len(cfg.data.classes)
+    net = build_model(**OmegaConf.to_container(cfg.model), n_channels=n_channels, n_classes=n_classes)
+    logits = net(torch.zeros(2, cfg.data.seq_len, n_channels), torch.tensor([cfg.data.seq_len, 5]))
+    assert logits.shape == (2, n_classes)
+    assert cfg.split.strategy in STRATEGIES
+    for callback in cfg.callbacks.values():
+        instantiate(callback)
+    instantiate(cfg.optimizer)(net.parameters())
+
+
+@pytest.mark.parametrize("preset", options("sweep"))
+def test_every_sweep_preset_composes(preset):
+    cfg = compose_config(f"sweep={preset}")
+    assert cfg.optimized_metric.startswith("val/")
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the signglove_exp modules it imports at module level (not inside functions)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PROJECT_DIR).with_suffix("").parts).removesuffix(".__init__")
+        found = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycle_and_the_walls_hold():
+    graph = module_imports()
+    ours = {m: {i for i in imports if i in graph and i != m} for m, imports in graph.items()}
+    state: dict[str, str] = {}
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for n in sorted(ours[module]):
+            if state.get(n) == "open":
+                return [*path, n]
+            if n not in state and (found := cycle_from(n, [*path, n])):
+                return found
+        state[module] = "done"
+        return None
+
+    for module in sorted(ours):
+        assert module in state or not (cycle := cycle_from(module, [module])), f"import cycle: {cycle}"
+
+    def imported(prefix: str) -> set[str]:
+        return {i for m, imports in graph.items() if m.startswith(prefix) for i in imports}
+
+    assert not {
+        i for i in graph["signglove_exp.models"] if i.startswith(("pytorch_lightning", "hydra", "mlflow"))
+    }
+    assert not {
+        i for i in imported("signglove_exp.data") if i.startswith(("torch", "mlflow", "signglove_exp.models"))
+    }
+    assert not {
+        i for i in imported("signglove_exp.reporting") if i.startswith(("mlflow", "signglove_exp.tracking"))
+    }
+    mlflow_users = {m for m, imports in graph.items() if any(i.startswith("mlflow") for i in imports)}
+    assert mlflow_users <= {m for m in graph if m.startswith("signglove_exp.tracking")} | {
+        "signglove_exp.inference.pyfunc_model"
+    }
+
+
+def test_no_module_shadows_the_standard_library():
+    names = {p.stem for p in PACKAGE.rglob("*.py")} | {p.name for p in PACKAGE.rglob("*") if p.is_dir()}
+    assert not names & set(sys.stdlib_module_names)
+
+
+COMMANDS = ["signglove_exp", *(f"signglove_exp.{m}" for m in ("recognize", "evaluate", "report", "export"))]
+COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_answers_without_loading_torch_lightning_or_mlflow(command):
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv = [{command!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_module({command!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('torch', 'pytorch_lightning', 'mlflow', 'sklearn', 'matplotlib')\n"
+        "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=Path.cwd()
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "usage" in proc.stdout.lower() or "== Config ==" in proc.stdout or "Powered by Hydra" in proc.stdout
+    )
+    assert proc.stdout.strip().endswith("LOADED []"), proc.stdout[-300:]
