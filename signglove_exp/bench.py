@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from signglove_exp import command
+
 
 def timings(fn, batches: list[tuple[np.ndarray, np.ndarray]], repeats: int) -> np.ndarray:
     for x, lengths in batches[:5]:
@@ -80,4 +82,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -81,11 +81,26 @@ class ModelCard:
             )
 
 
-def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict, dict]:
-    """(card, network state_dict, the whole checkpoint) of a checkpoint file this project wrote."""
+def load_checkpoint_file(path: str | Path) -> dict:
+    """A checkpoint file's contents, loaded as plain data only; anything else is a one-line error."""
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint file") from None
+    except Exception as e:  # torch's own message may advise weights_only=False: never follow that here
+        raise ValueError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}): truncated, or not a PyTorch checkpoint"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict, dict]:
+    """(card, network state_dict, the whole checkpoint) of a checkpoint file this project wrote."""
+    ckpt = load_checkpoint_file(path)
     if CARD_KEY not in ckpt:
         raise ValueError(
             f"{path}: not a signglove-exp checkpoint (no model card); an upstream file is imported "

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from signglove_exp import command
+
 
 def describe(path: str | Path) -> dict:
     """The card as plain facts, with the checkpoint's epoch; an upstream file is told from its weights."""
-    import torch
-
-    from signglove_exp.card import CARD_KEY, read_card
+    from signglove_exp.card import CARD_KEY, load_checkpoint_file, read_card
 
     if Path(path).suffix == ".onnx":
         return {"source": "ONNX model", **read_card(path).to_dict()}
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint_file(path)
     if CARD_KEY in ckpt:
         return {"source": "signglove-exp checkpoint", **read_card(ckpt).to_dict(), "epoch": ckpt.get("epoch")}
     from signglove_exp.legacy import identify
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

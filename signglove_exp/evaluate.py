@@ -11,6 +11,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from signglove_exp import command
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.evaluate", description=__doc__.split("\n")[0])
@@ -31,21 +33,29 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         metrics, files = evaluate(rec, corpus, idx, out)
+        present = {corpus.episodes[i].label for i in idx}
+        missing = [c for k, c in enumerate(rec.classes) if k not in present]
         params = {
             "source": args.model,
             "data": described,
             "data.fingerprint": corpus.fingerprint,
             "n_episodes": len(idx),
             "model.name": rec.card.name,
+            "classes_missing": " ".join(missing) or "(none)",
         }
         name = f"eval-{rec.card.name}-{Path(args.model).stem if is_file else args.model[:8]}"
         run_id = log_evaluation(
             args.tracking_uri, args.experiment, None if is_file else args.model, name, params, metrics, files
         )
     print(f"{described}: {len(idx)} episodes, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if missing:
+        print(
+            f"{len(missing)} of the model's {len(rec.classes)} classes have no episode here "
+            f"({' '.join(missing)}): macro scores are over the {len(present)} present"
+        )
     print(f"Evaluation run {run_id}" + ("" if is_file else f", linked to training run {args.model}"))
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from signglove_exp import command
+
 
 def main(argv: list[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.export", description=__doc__.split("\n")[0])
     ap.add_argument("model", help="a checkpoint file, an MLflow run id or a runs:/ or models:/ URI")
-    ap.add_argument("--out", type=Path, help="default: next to the checkpoint, .onnx")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="default: a checkpoint's name with .onnx; for a run, OUTPUTS/models/<run id>/<model name>.onnx",
+    )
     ap.add_argument(
         "--tracking-uri", help="for a run id: default $MLFLOW_TRACKING_URI, else outputs/mlflow.db"
+    )
+    ap.add_argument(
+        "--outputs",
+        type=Path,
+        help="for a run: the outputs folder its checkpoint is cached under (default: the project's outputs/)",
     )
     args = ap.parse_args(argv)
     if Path(args.model).suffix == ".onnx":
@@ -19,18 +30,20 @@ def main(argv: list[str] | None = None) -> Path:
 
     from signglove_exp.inference.onnx_export import export_onnx
     from signglove_exp.inference.recognizer import Recognizer
+    from signglove_exp.tracking.queries import download_checkpoint
+    from signglove_exp.tracking.store import DEFAULT_OUTPUTS
 
-    rec = Recognizer.load(args.model, args.tracking_uri)
-    if args.out:
-        out = args.out
-    elif Path(args.model).is_file():
-        out = Path(args.model).with_suffix(".onnx")
-    else:
-        out = Path(f"{rec.card.name}-{''.join(c for c in args.model if c.isalnum())[-12:]}.onnx")
+    checkpoint, folder = Path(args.model), None
+    if not checkpoint.is_file():  # a run: the .onnx goes beside its cached checkpoint, never into the cwd
+        run = "".join(c if c.isalnum() else "_" for c in args.model)  # a run id as is; a URI made a name
+        folder = (args.outputs or DEFAULT_OUTPUTS) / "models" / run
+        checkpoint = download_checkpoint(args.model, args.tracking_uri, folder)
+    rec = Recognizer.from_checkpoint(checkpoint)
+    out = args.out or (folder / f"{rec.card.name}.onnx" if folder else checkpoint.with_suffix(".onnx"))
     path = export_onnx(rec.net, rec.card, out)
     print(f"{rec.card.name} exported to {path} ({path.stat().st_size / 1024:.0f} KiB)")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

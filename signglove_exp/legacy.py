@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from signglove_exp import PROJECT_DIR
+from signglove_exp import PROJECT_DIR, command
 from signglove_exp.card import ModelCard
 
 UPSTREAM_PADDING = {"value": 1.0, "units": "raw"}  # upstream padded raw episodes with 1.0, then scaled
@@ -124,10 +124,11 @@ def read_scaler_pickle(path: str | Path, channels: list[str]) -> dict:
 
 def import_checkpoint(path: str | Path, scaler: dict, cfg):
     """Rebuild an upstream checkpoint as this project's model and card, run the way upstream ran it."""
-    import torch
     from omegaconf import OmegaConf
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from signglove_exp.card import load_checkpoint_file
+
+    ckpt = load_checkpoint_file(path)
     state_dict = {k.removeprefix("model."): v for k, v in ckpt.get("state_dict", ckpt).items()}
     hparams = identify(state_dict)
     if hparams["name"] in ("gru", "stacked_gru") and hparams["n_channels"] != len(scaler["channels"]):
@@ -213,4 +214,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

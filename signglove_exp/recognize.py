@@ -5,18 +5,20 @@
     python -m signglove_exp.recognize MODEL --stream capture.csv --follow  # a growing file
 
 MODEL is a checkpoint, an .onnx file, an MLflow run id or a runs:/ or models:/ URI.
+A file the model cannot read is reported and listed in --out with its `problem`; the other files are
+still recognised, and the command then exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
+from signglove_exp import command
 from signglove_exp.inference.stream import StreamSettings, follow
 
 
@@ -34,12 +36,15 @@ def _episode_files(inputs: list[str]) -> list[Path]:
 
 
 def _print_stream(rec, lines, settings: StreamSettings) -> list[dict]:
-    from signglove_exp.inference.stream import recognise_stream, stream_rows
+    from signglove_exp.inference.stream import StreamHeaderError, recognise_stream, stream_rows
 
     events = []
-    for event in recognise_stream(rec, stream_rows(lines, rec.channels), settings):
-        print(f"{event['sample']}\t{event['jamo']}\t{event['confidence']:.3f}", flush=True)
-        events.append(event)
+    try:
+        for event in recognise_stream(rec, stream_rows(lines, rec.channels), settings):
+            print(f"{event['sample']}\t{event['jamo']}\t{event['confidence']:.3f}", flush=True)
+            events.append(event)
+    except StreamHeaderError as e:  # the signs so far are printed; refuse the rest in one line
+        sys.exit(f"Error: {e}")
     return events
 
 
@@ -62,43 +67,59 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=help_text
         )
     args = ap.parse_args(argv)
+    if not args.stream:
+        try:
+            files = _episode_files(args.inputs)
+        except FileNotFoundError as e:
+            ap.error(str(e))
+        if not files:
+            ap.error("no episode files given (or use --stream)")
     from signglove_exp.inference.recognizer import Recognizer
 
     rec = Recognizer.load(args.model, args.tracking_uri)
     if args.stream:
+        # bytes lines: stream_rows decodes each one, so a line that is not UTF-8 is skipped, not fatal
         settings = StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})
         if args.stream == "-":
-            lines = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
-            return _print_stream(rec, lines, settings)
+            return _print_stream(rec, sys.stdin.buffer, settings)
         if args.follow:
             return _print_stream(rec, follow(Path(args.stream), idle_s=args.idle), settings)
-        with open(args.stream, encoding="utf-8") as lines:
+        with open(args.stream, "rb") as lines:
             return _print_stream(rec, lines, settings)
-    files = _episode_files(args.inputs)
-    if not files:
-        ap.error("no episode files given (or use --stream)")
+    return _recognise_files(rec, files, args.out)
+
+
+def _recognise_files(rec, files: list[Path], out: Path | None) -> list[dict]:
+    """One row per file, good or bad: a bad file must not cost the predictions already made."""
+    from signglove_exp.data import BadEpisodeError
+
+    tops = [f"top{i}" for i in range(1, min(3, len(rec.classes)) + 1)]
     rows = []
     for path in files:
+        row = dict.fromkeys(["file", "jamo", "latency_ms", *tops, "problem"], "") | {"file": str(path)}
         started = time.perf_counter()
-        pred = rec.predict(rec.read(path))
+        try:
+            pred = rec.predict(rec.read(path))
+        except BadEpisodeError as e:
+            print(f"skipped {e}", file=sys.stderr)
+            rows.append(row | {"problem": str(e).removeprefix(f"{path}: ")})
+            continue
         latency = (time.perf_counter() - started) * 1000
-        top = pred.top(3)
-        rows.append(
-            {
-                "file": str(path),
-                "jamo": pred.jamo,
-                "latency_ms": latency,
-                **{f"top{i}": f"{j} {p:.3f}" for i, (j, p) in enumerate(top, 1)},
-            }
-        )
+        top = pred.top(len(tops))
+        scores = {t: f"{j} {p:.3f}" for t, (j, p) in zip(tops, top, strict=True)}
+        rows.append(row | {"jamo": pred.jamo, "latency_ms": latency, **scores})
         print(f"{path}\t{pred.jamo}\t" + "  ".join(f"{j} {p:.3f}" for j, p in top) + f"\t{latency:.2f} ms")
-    if args.out:
-        with open(args.out, "w", newline="", encoding="utf-8") as f:
+    if out:
+        with open(out, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
+    bad = sum(bool(r["problem"]) for r in rows)
+    if bad:
+        where = f", listed with their problem in {out}" if out else ""
+        print(f"{bad} of {len(rows)} file(s) could not be recognised{where}", file=sys.stderr)
     return rows
 
 
 if __name__ == "__main__":
-    main()
+    command(lambda: sys.exit(1 if any(r.get("problem") for r in main()) else 0))

@@ -103,7 +103,7 @@ def test_no_module_shadows_the_standard_library():
 
 
 COMMANDS = ["signglove_exp", *(f"signglove_exp.{m}" for m in ("recognize", "evaluate", "report", "export"))]
-COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench")]
+COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench", "upload")]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

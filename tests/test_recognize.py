@@ -13,12 +13,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR, data, legacy, recognize
+from signglove_exp import PROJECT_DIR, data, export, legacy, recognize
 from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.inference.stream import StreamSettings, recognise_stream, stream_rows
+from signglove_exp.tracking.queries import download_checkpoint
 from tests.conftest import compose_config
 
 REFERENCE = PROJECT_DIR / "data" / "pretrained" / "gru-reference.ckpt"
@@ -119,8 +121,148 @@ def test_a_malformed_stream_line_is_reported_and_skipped(capsys):
     rows = list(stream_rows(["flex1,flex2", "1,2", "1,oops", "3,4"], ["flex1", "flex2"]))
     assert [r.tolist() for r in rows] == [[1, 2], [3, 4]]
     assert "stream line 3: skipped" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="stream header lacks column"):
+    with pytest.raises(ValueError, match="stream line 1: header lacks column"):
         next(stream_rows(["flex1", "1"], ["flex1", "flex2"]))
+
+
+def reordered(lines: list[str], at: int) -> list[str]:
+    """The stream with a glove restarted at line `at` whose firmware sends the columns reversed."""
+    flip = [",".join(line.split(",")[::-1]) for line in [lines[0], *lines[at:]]]
+    return lines[:at] + flip
+
+
+def stream_command(stdin: bytes, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "signglove_exp.recognize", str(REFERENCE), "--stream", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def test_a_header_mid_stream_is_reread(test_split, capsys):
+    root, episodes = test_split
+    rec = Recognizer.load(REFERENCE)
+    lines = replay_lines(root, episodes[:10])
+    at = 1 + sum(len(e.values) for e in episodes[:5])  # about where episode 6 starts
+
+    def jamo(stream):
+        return [e["jamo"] for e in recognise_stream(rec, stream_rows(stream, rec.channels), StreamSettings())]
+
+    expected = jamo(lines)
+    assert len(expected) >= 8 and jamo(reordered(lines, at)) == expected
+    assert f"stream line {at + 1}: new header, columns re-read" in capsys.readouterr().err
+    assert jamo(lines[:at] + lines[:1] + lines[at:]) == expected
+    assert f"stream line {at + 1}: same header again" in capsys.readouterr().err
+    lacking = lines[:at] + [lines[0].replace("flex3", "flex9")] + lines[at:]
+    with pytest.raises(ValueError, match=rf"stream line {at + 1}: header lacks column\(s\) flex3"):
+        jamo(lacking)
+    proc = stream_command("\n".join(lacking).encode(), "-")  # the signs before it, then a one-line refusal
+    assert proc.returncode == 1 and len(proc.stdout.decode().splitlines()) == len(jamo(lines[:at]))
+    assert proc.stderr.decode().splitlines()[-1].startswith(f"Error: stream line {at + 1}: header lacks")
+
+
+def test_bad_stream_lines_are_skipped_with_a_note(capsys):
+    good = ["flex1,flex2", "1,2"]
+    bad = [b"3,\xff4", "5," + "6" * 300_000, "7,8\r9,10", "11", "12,inf", "flex2,x,flex1"]
+    rows = list(stream_rows([*good, *bad, "13,0,14"], ["flex1", "flex2"]))
+    assert [r.tolist() for r in rows] == [[1, 2], [14, 13]]
+    notes = capsys.readouterr().err.splitlines()
+    assert [n.split(":")[0] for n in notes] == [f"stream line {n}" for n in (3, 4, 5, 6, 7, 8)]
+    assert "can't decode byte 0xff" in notes[0] and "longer than" in notes[1] and len(notes[1]) < 200
+    assert "new-line character" in notes[2] and "1 fields, header has 2" in notes[3]
+    assert "non-finite" in notes[4] and "new header" in notes[5]
+
+
+def test_the_stream_command_survives_bad_lines_and_a_restarted_glove(test_split):
+    root, episodes = test_split
+    rec = Recognizer.load(REFERENCE)
+    lines = replay_lines(root, episodes[:8])
+    at = 1 + sum(len(e.values) for e in episodes[:4])
+    expected = [e["jamo"] for e in recognise_stream(rec, stream_rows(lines, rec.channels), StreamSettings())]
+    noisy = [line.encode() for line in reordered(lines, at)]
+    noisy[3:3] = [b"", b"1,2,\xc3\x28", b"1," + b"0" * 300_000, b"12,34"]  # blank, not UTF-8, huge, short
+    proc = stream_command(b"\n".join(noisy) + b"\n", "-")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    emitted = [line.split("\t")[1] for line in proc.stdout.decode().splitlines()]
+    assert len(expected) >= 6 and emitted == expected
+    notes = proc.stderr.decode()
+    assert all(f"stream line {n}: skipped" in notes for n in (5, 6, 7))
+    assert f"stream line {at + 5}: new header, columns re-read" in notes
+
+
+def test_an_empty_stream_ends_cleanly(tmp_path):
+    assert list(stream_rows([], ["flex1"])) == []
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    for proc in (stream_command(b"", "-"), stream_command(b"", str(empty))):
+        assert proc.returncode == 0 and proc.stdout == b"", proc.stderr[-3000:]
+        assert proc.stderr.decode().splitlines() == [
+            "stream: ended without a header line, nothing to recognise"
+        ]
+
+
+def test_recognition_keeps_the_good_files_and_lists_the_bad_ones(test_split, tmp_path):
+    root, episodes = test_split
+    folder = tmp_path / "episodes"
+    folder.mkdir()
+    for i, e in enumerate(episodes[:3]):
+        (folder / f"good_{i}.csv").write_bytes((root / e.path).read_bytes())
+    (folder / "bad_a.csv").write_text("flex1,flex2\n1,2\n", encoding="utf-8")
+    (folder / "bad_b.csv").write_bytes(b"\xff\xfe")
+    out = tmp_path / "predictions.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "signglove_exp.recognize", str(REFERENCE), str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["file", "jamo", "latency_ms", "top1", "top2", "top3", "problem"]
+    assert table["file"].tolist() == [
+        str(folder / n) for n in ["bad_a.csv", "bad_b.csv", "good_0.csv", "good_1.csv", "good_2.csv"]
+    ]
+    expected = [p.jamo for p in Recognizer.load(REFERENCE).predict_files(table["file"][2:])]
+    assert table["jamo"].tolist() == ["", "", *expected] and table["problem"][2:].tolist() == ["", "", ""]
+    assert table["problem"][0].startswith("missing column(s) flex3")
+    assert table["problem"][1].startswith("unreadable")
+    assert f"{folder / 'bad_a.csv'}: missing column(s)" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 3
+
+
+def test_a_truncated_cached_checkpoint_is_downloaded_again(cli_run, tmp_path):
+    client, run, tmp, _ = cli_run
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    fresh = Path(client.download_artifacts(run.info.run_id, "checkpoints", str(tmp_path / "fresh")))
+    (whole,) = fresh.glob("*.ckpt")
+    cached = download_checkpoint(run.info.run_id, uri, tmp_path / "cache")
+    assert cached.read_bytes() == whole.read_bytes()
+    cached.write_bytes(whole.read_bytes()[:1000])  # a download killed half way, in the old code
+    assert download_checkpoint(run.info.run_id, uri, tmp_path / "cache") == cached
+    assert cached.read_bytes() == whole.read_bytes() and "state_dict" in torch.load(cached, weights_only=True)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cached.name]  # no temporary left behind
+
+
+def test_export_of_a_run_goes_beside_its_cached_checkpoint(cli_run, tmp_path, monkeypatch):
+    client, run, tmp, _ = cli_run
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path = export.main(
+        [
+            run.info.run_id,
+            "--tracking-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--outputs",
+            str(tmp_path / "out"),
+        ]
+    )
+    folder = tmp_path / "out" / "models" / run.info.run_id
+    (ckpt,) = folder.glob("*.ckpt")
+    assert path == folder / f"{Recognizer.from_onnx(path).card.name}.onnx" and path.is_file()
+    assert Recognizer.from_onnx(path).card == Recognizer.load(ckpt).card
+    assert list(cwd.iterdir()) == []
 
 
 def test_recognition_from_a_run_id_reproduces_its_logged_test_accuracy(cli_run, test_split, tmp_path):
@@ -140,7 +282,8 @@ def test_recognition_from_a_run_id_reproduces_its_logged_test_accuracy(cli_run, 
     accuracy = np.mean([r["jamo"] == e.jamo for r, e in zip(rows, episodes, strict=True)])
     assert accuracy == pytest.approx(run.data.metrics["test/acc"], abs=1e-6)  # MLflow keeps float32
     table = pd.read_csv(out)
-    assert list(table.columns) == ["file", "jamo", "latency_ms", "top1", "top2", "top3"] and len(table) == 577
+    columns = ["file", "jamo", "latency_ms", "top1", "top2", "top3", "problem"]
+    assert list(table.columns) == columns and len(table) == 577
 
 
 def test_a_file_that_does_not_fit_the_model_names_the_file(tmp_path):

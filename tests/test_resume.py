@@ -42,8 +42,6 @@ def by_name(client: MlflowClient) -> dict[str, object]:
 
 def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, cache_dir):
     store = store_overrides(tmp_path, cache_dir)
-    run_cli(*store, *TRAINING, "tracking.run_name=whole", f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
-
     folder = tmp_path / "cut"
     proc = start(*store, *TRAINING, "tracking.run_name=cut", f"hydra.run.dir={folder}", cwd=tmp_path)
     wait_for(folder / "checkpoints" / "last.ckpt", proc)  # one epoch is done, the next is training
@@ -53,10 +51,17 @@ def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
     cut = by_name(client)["cut"]
     assert cut.info.status == "RUNNING"  # a SIGKILL gives no chance to end the run
     assert 1 <= len(history(client, cut.info.run_id, "val/loss")) < 4
+    assert (folder / "config.yaml").is_file()  # the folder holds what resume needs
 
-    resumed = run_cli(
-        f"resume={cut.info.run_id}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path
+    # The next run against the store finds the orphan and marks it, with how to continue it.
+    whole = run_cli(
+        *store, *TRAINING, "tracking.run_name=whole", f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path
     )
+    assert f"Run {cut.info.run_id} was left RUNNING by a process that is gone: marked KILLED" in whole.stdout
+    assert client.get_run(cut.info.run_id).info.status == "KILLED"
+
+    uri = f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    resumed = run_cli(f"resume={cut.info.run_id}", uri, cwd=tmp_path)
     assert f"Resuming run {cut.info.run_id} after epoch" in resumed.stdout
 
     runs = by_name(client)

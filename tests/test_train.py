@@ -108,7 +108,7 @@ def test_logged_checkpoint_alone_reproduces_the_logged_test_metrics(cli_run, tmp
     )
     with torch.no_grad():
         pred = net(torch.from_numpy(x), torch.from_numpy(lengths)).argmax(1).numpy()
-    ours = classification_metrics(np.array([corpus.episodes[i].label for i in test]), pred, 24)
+    ours = classification_metrics(np.array([corpus.episodes[i].label for i in test]), pred)
     for key in TEST_METRICS:
         assert ours[key.removeprefix("test/")] == pytest.approx(run.data.metrics[key], abs=1e-6), key
 

@@ -13,7 +13,7 @@ from signglove_exp.data.corpus import (
     read_episode,
 )
 from signglove_exp.data.preprocess import Prepared, fit_scaler, prepare, to_arrays, write_reports
-from signglove_exp.data.splits import PARTS, STRATEGIES, split
+from signglove_exp.data.splits import PARTS, STRATEGIES, duplicate_copies, split
 
 __all__ = [
     "PARTS",
@@ -30,4 +30,5 @@ __all__ = [
     "split",
     "to_arrays",
     "write_reports",
+    "duplicate_copies",
 ]

@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 import shutil
 import tarfile
 import tempfile
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 1  # bump when parsing rules change, so old caches are not reused
+CACHE_VERSION = 2  # bump when parsing rules change, so old caches are not reused
 
 
 class BadEpisodeError(ValueError):
@@ -33,6 +36,7 @@ class Episode:
     session: str  # the numbered recording-block folder
     values: np.ndarray | None  # (n_timepoints, n_channels) raw units; None when rejected
     reason: str | None = None  # why the file was rejected; None when usable
+    digest: str = ""  # sha256 of the file's bytes: byte-identical copies share it
 
 
 @dataclass
@@ -43,19 +47,23 @@ class Corpus:
     episodes: list[Episode]  # every file with a known class, in upstream order, rejected ones included
     unlabelled: list[tuple[str, str]]  # (path, reason) of files whose class folder is not a known class
     fingerprint: str  # sha256 over every episode file's relative path and bytes
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): folders or links not read
 
     @property
     def rejected(self) -> list[tuple[str, str]]:
-        return [(e.path, e.reason) for e in self.episodes if e.reason] + self.unlabelled
+        return [(e.path, e.reason) for e in self.episodes if e.reason] + self.unlabelled + self.problems
 
 
 def ensure_unpacked(root: str | Path, archive: str | Path | None) -> Path:
-    """Unpack the bundled archive on first use; a user's own folder is used as it is."""
+    """Unpack the bundled archive on first use, into its own folder only (`data/signglove.tar.xz` into
+    `data/signglove`); any other root is used as it is, and a missing one is an error, never filled."""
     root = Path(root)
     if root.is_dir():
         return root
-    if not archive or not Path(archive).is_file():
-        raise FileNotFoundError(f"data.root {root} does not exist (and no data.archive to unpack it from)")
+    home = Path(archive).parent / Path(archive).name.split(".")[0] if archive else None
+    if home is None or root.resolve() != home.resolve() or not Path(archive).is_file():
+        raise FileNotFoundError(f"data.root {root} does not exist")
+    print(f"Unpacking {archive} into {root} (first use) ...", flush=True)
     with tempfile.TemporaryDirectory(dir=root.parent if root.parent.is_dir() else None) as tmp:
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
@@ -72,12 +80,27 @@ def _natural(s: str) -> tuple:
     return (0, int(s), "") if s.isdigit() else (1, 0, s)
 
 
+def read_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    """A file's bytes, or why not: a FIFO, device, dangling or looping link is never opened (it could
+    block forever or fail), an unreadable file is reported."""
+    if not path.is_file():
+        return None, "not a regular file (a FIFO, device, or a dangling or looping link)"
+    try:
+        return path.read_bytes(), None
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+
+
 def read_episode(path: Path, channels: list[str], min_len: int) -> tuple[np.ndarray | None, str | None]:
     """Parse one episode CSV into (n_timepoints, n_channels), or say why it cannot be used."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raw, reason = read_bytes(path)
+    return (None, reason) if reason else parse_episode(raw, channels, min_len)
+
+
+def parse_episode(raw: bytes, channels: list[str], min_len: int) -> tuple[np.ndarray | None, str | None]:
+    try:  # utf-8-sig: a byte-order mark before the first column name is not part of it
+        rows = [r for r in csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")) if r]
+    except (UnicodeDecodeError, csv.Error) as e:
         return None, f"unreadable: {e}"
     if not rows:
         return None, "empty file"
@@ -85,6 +108,9 @@ def read_episode(path: Path, channels: list[str], min_len: int) -> tuple[np.ndar
     missing = [c for c in channels if c not in header]
     if missing:
         return None, f"missing column(s) {', '.join(missing)}"
+    doubled = [c for c in channels if header.count(c) > 1]
+    if doubled:
+        return None, f"column(s) {', '.join(doubled)} appear more than once in the header"
     cols = [header.index(c) for c in channels]
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
@@ -117,11 +143,30 @@ def _is_float(text: str) -> bool:
     return True
 
 
+def find_episode_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every `episode_*.csv` under root at any depth, following linked folders (each real folder
+    once); a link back to a folder already read is reported, not followed."""
+    files, problems, seen = [], [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            problems.append(
+                (Path(folder).relative_to(root).as_posix(), "a link to a folder already read: skipped")
+            )
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        files += [Path(folder) / n for n in names if fnmatch(n, "episode_*.csv")]
+    return sorted(files), problems
+
+
 def fingerprint_files(root: Path, files: list[Path]) -> str:
+    """sha256 over every file's relative path and bytes (a file that cannot be read counts as such)."""
     h = hashlib.sha256()
     for f in files:
         h.update(f.relative_to(root).as_posix().encode())
-        h.update(f.read_bytes())
+        raw, reason = read_bytes(f)
+        h.update(raw if raw is not None else f"<{reason}>".encode())
     return h.hexdigest()
 
 
@@ -138,7 +183,7 @@ def load_corpus(
     if on_bad_file not in ("skip", "raise"):
         raise ValueError(f"data.on_bad_file must be 'skip' or 'raise', not {on_bad_file!r}")
     root = Path(root)
-    files = sorted(root.rglob("episode_*.csv"))
+    files, problems = find_episode_files(root)
     if not files:
         raise FileNotFoundError(f"no episode_*.csv files under data.root {root}")
     fingerprint = fingerprint_files(root, files)
@@ -152,6 +197,7 @@ def load_corpus(
         corpus = _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint)
         if cache:
             _write_cache(cache, corpus)
+    corpus.problems = problems
     if on_bad_file == "raise" and corpus.rejected:
         path, reason = corpus.rejected[0]
         raise BadEpisodeError(f"{root / path}: {reason} (set data.on_bad_file=skip to skip such files)")
@@ -171,8 +217,12 @@ def _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint) 
             unlabelled.append((rel.as_posix(), f"class folder {jamo!r} is not in data.classes"))
             continue
         signer = rel.parts[0].removeprefix(signer_prefix) if len(rel.parts) >= 4 else ""
-        values, reason = read_episode(f, channels, min_len)
-        episodes.append(Episode(rel.as_posix(), jamo, index[jamo], signer, rel.parts[-2], values, reason))
+        raw, reason = read_bytes(f)
+        values, reason = (None, reason) if reason else parse_episode(raw, channels, min_len)
+        digest = hashlib.sha256(raw).hexdigest() if raw is not None else ""
+        episodes.append(
+            Episode(rel.as_posix(), jamo, index[jamo], signer, rel.parts[-2], values, reason, digest)
+        )
     episodes.sort(key=lambda e: (e.label, _natural(e.session), Path(e.path).name))
     return Corpus(root, list(classes), list(channels), episodes, unlabelled, fingerprint)
 
@@ -180,7 +230,9 @@ def _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint) 
 def _write_cache(path: Path, corpus: Corpus) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "episodes": [[e.path, e.jamo, e.label, e.signer, e.session, e.reason] for e in corpus.episodes],
+        "episodes": [
+            [e.path, e.jamo, e.label, e.signer, e.session, e.reason, e.digest] for e in corpus.episodes
+        ],
         "unlabelled": corpus.unlabelled,
     }
     used = [e.values for e in corpus.episodes if e.values is not None]
@@ -196,8 +248,8 @@ def _read_cache(path: Path, root: Path, classes, channels, fingerprint) -> Corpu
         meta, values, lengths = json.loads(str(z["meta"])), z["values"], z["lengths"]
     chunks = iter(np.split(values, np.cumsum(lengths)[:-1]) if len(lengths) else [])
     episodes = [
-        Episode(p, j, lab, s, sess, None if reason else next(chunks), reason)
-        for p, j, lab, s, sess, reason in meta["episodes"]
+        Episode(p, j, lab, s, sess, None if reason else next(chunks), reason, digest)
+        for p, j, lab, s, sess, reason, digest in meta["episodes"]
     ]
     unlabelled = [tuple(u) for u in meta["unlabelled"]]
     return Corpus(root, list(classes), list(channels), episodes, unlabelled, fingerprint)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from signglove_exp.data.corpus import Corpus, ensure_unpacked, load_corpus
-from signglove_exp.data.splits import PARTS, split
+from signglove_exp.data.splits import PARTS, duplicate_copies, split
 
 
 @dataclass
@@ -26,11 +27,13 @@ class Prepared:
     seq_len: int
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     # part -> (x (n_cases, n_timepoints, n_channels) float32, lengths int64, labels int64)
+    duplicates: dict[int, int] = field(default_factory=dict)  # byte-identical copy -> its first file
 
 
-def fit_scaler(values: list[np.ndarray], channels: list[str]) -> dict:
-    """Per-channel mean and standard deviation over real steps only (as sklearn's StandardScaler)."""
-    steps = np.concatenate(values).astype(np.float64)
+def fit_scaler(values: list[np.ndarray], channels: list[str], seq_len: int | None = None) -> dict:
+    """Per-channel mean and standard deviation over the real steps the model reads (the first seq_len
+    of each episode), as sklearn's StandardScaler would: a very long episode cannot outweigh the rest."""
+    steps = np.concatenate([v[:seq_len] for v in values]).astype(np.float64)
     std = steps.std(axis=0)
     return {
         "channels": list(channels),
@@ -63,8 +66,32 @@ def to_arrays(
     return x.astype(np.float32), lengths
 
 
+def check_settings(cfg_data) -> None:
+    """The data settings a run cannot start with, each named with its config key."""
+    for key, lowest in (("seq_len", 1), ("batch_size", 1), ("eval_batch_size", 0), ("min_len", 1)):
+        value = cfg_data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(f"data.{key}={value!r}: must be a whole number >= {lowest}")
+    for key in ("channels", "classes"):
+        if not cfg_data[key]:
+            raise ValueError(f"data.{key} is empty: name at least one")
+        doubled = sorted({c for c in cfg_data[key] if list(cfg_data[key]).count(c) > 1})
+        if doubled:
+            raise ValueError(f"data.{key} names {', '.join(map(str, doubled))} more than once")
+
+
+def check_usable(corpus: Corpus) -> None:
+    """No usable episode at all is an error that says why, e.g. a channel no file has."""
+    if any(e.reason is None for e in corpus.episodes):
+        return
+    reasons = Counter(r for _, r in corpus.rejected)
+    common = "; ".join(f"{n} file(s): {r}" for r, n in reasons.most_common(3)) or "no labelled episode"
+    raise ValueError(f"no usable episode under data.root {corpus.root} ({common})")
+
+
 def prepare(cfg_data, cfg_split, scaler: dict | None = None) -> Prepared:
     """The whole data path of one run: corpus -> split -> scaler (train only, or `scaler`) -> arrays."""
+    check_settings(cfg_data)
     root = ensure_unpacked(cfg_data.root, cfg_data.get("archive"))
     corpus = load_corpus(
         root,
@@ -75,11 +102,12 @@ def prepare(cfg_data, cfg_split, scaler: dict | None = None) -> Prepared:
         cfg_data.on_bad_file,
         cfg_data.get("cache_dir"),
     )
+    check_usable(corpus)
     parts = split(corpus, cfg_split)
     eps = corpus.episodes
     if scaler is None:
-        scaler = fit_scaler([eps[i].values for i in parts["train"]], corpus.channels)
-    prepared = Prepared(corpus, parts, scaler, cfg_data.seq_len)
+        scaler = fit_scaler([eps[i].values for i in parts["train"]], corpus.channels, cfg_data.seq_len)
+    prepared = Prepared(corpus, parts, scaler, cfg_data.seq_len, duplicates=duplicate_copies(corpus))
     for part, idx in parts.items():
         x, lengths = to_arrays([eps[i].values for i in idx], scaler, cfg_data.seq_len, cfg_data.padding)
         prepared.arrays[part] = (x, lengths, np.array([eps[i].label for i in idx], dtype=np.int64))
@@ -112,6 +140,14 @@ def write_reports(prepared: Prepared, out_dir: Path) -> list[Path]:
             w.writerow(
                 [jamo, *(sum(corpus.episodes[i].label == label for i in prepared.parts[p]) for p in PARTS)]
             )
+    duplicates = out_dir / "duplicates.tsv"
+    with open(duplicates, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["path", "same bytes as", "part of both"])
+        w.writerows(
+            [corpus.episodes[i].path, corpus.episodes[j].path, part_of.get(j, "")]
+            for i, j in prepared.duplicates.items()
+        )
     scaler = out_dir / "scaler.json"
     scaler.write_text(json.dumps(prepared.scaler, indent=2, ensure_ascii=False), encoding="utf-8")
-    return [bad, manifest, counts, scaler]
+    return [bad, manifest, counts, duplicates, scaler]

@@ -96,13 +96,44 @@ def split_by_signer(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.nda
     return split_by_group(labels, signers, [cfg.test_signer], None, cfg.val_size, cfg.seed, "signer")
 
 
+def duplicate_copies(corpus: Corpus) -> dict[int, int]:
+    """Byte-identical episode files: index of each copy -> index of the first file with its content."""
+    first: dict[str, int] = {}
+    copies = {}
+    for i, e in enumerate(corpus.episodes):
+        if e.reason is None and e.digest:
+            j = first.setdefault(e.digest, i)
+            if j != i:
+                copies[i] = j
+    return copies
+
+
 def split(corpus: Corpus, cfg) -> dict[str, list[int]]:
-    """Split every labelled episode, rejected ones included so none moves another; then drop those."""
+    """Split every labelled episode, rejected ones included so none moves another; then drop those.
+
+    Byte-identical copies of an episode follow it into its part, so no copy is tested on that was
+    trained on (they are listed in the run's duplicates.tsv)."""
     if cfg.strategy not in STRATEGIES:
         raise ValueError(f"unknown split.strategy {cfg.strategy!r}; known: {', '.join(STRATEGIES)}")
     eps = corpus.episodes
-    parts = STRATEGIES[cfg.strategy](np.array([e.label for e in eps]), corpus, cfg)
-    out = {p: sorted(int(i) for i in parts[p] if eps[i].reason is None) for p in PARTS}
+    labels = np.array([e.label for e in eps])
+    try:
+        parts = STRATEGIES[cfg.strategy](labels, corpus, cfg)
+    except ValueError as e:
+        if "least populated class" not in str(e) and "number of members in each class" not in str(e):
+            raise
+        counts = np.bincount(labels, minlength=len(corpus.classes))
+        present = counts[counts > 0]
+        bound = max(5, present.min() + 1)  # name the classes with fewer than 5 episodes, or the smallest
+        few = [f"{corpus.classes[k]} ({n} episodes)" for k, n in enumerate(counts) if 0 < n < bound]
+        raise ValueError(
+            f"split.strategy={cfg.strategy}: too few episodes to stratify for class(es) {', '.join(few)}; "
+            "record more, or leave the class out of data.classes"
+        ) from None
+    part_of = {int(i): p for p in PARTS for i in parts[p]}
+    for copy, original in duplicate_copies(corpus).items():
+        part_of[copy] = part_of[original]
+    out = {p: sorted(i for i, q in part_of.items() if q == p and eps[i].reason is None) for p in PARTS}
     empty = [p for p in PARTS if not out[p]]
     if empty:
         raise ValueError(f"split.strategy={cfg.strategy} leaves no usable episode in: {', '.join(empty)}")

@@ -55,7 +55,7 @@ def evaluate(rec: Recognizer, corpus: data.Corpus, idx: list[int], out_dir: Path
     probs = rec.probabilities([e.values for e in episodes])
     y_true, y_pred = np.array([e.label for e in episodes]), probs.argmax(1)
     n = len(rec.classes)
-    metrics = {f"eval/{k}": v for k, v in classification_metrics(y_true, y_pred, n).items()}
+    metrics = {f"eval/{k}": v for k, v in classification_metrics(y_true, y_pred).items()}
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n)))
     out_dir.mkdir(parents=True, exist_ok=True)
     per_class = out_dir / "per_class.csv"

@@ -15,46 +15,79 @@ import numpy as np
 if TYPE_CHECKING:
     from signglove_exp.inference.recognizer import Recognizer
 
+MAX_LINE = 10_000  # a glove line is ~100 characters: anything this long is a glitch, not a sample
 
-def stream_rows(lines: Iterable[str], channels: list[str]) -> Iterator[np.ndarray]:
+
+class StreamHeaderError(ValueError):
+    """A stream header lacking a channel the model needs: guessing the columns would give wrong jamo."""
+
+
+def stream_rows(lines: Iterable[str | bytes], channels: list[str]) -> Iterator[np.ndarray]:
     """Glove CSV lines (a header first, then one sample per line) -> samples in `channels` order.
 
-    A malformed line is reported on stderr and skipped: a live stream must survive a glitch.
+    A live stream must survive a glitch: a bad line (not UTF-8, over-long, wrong field count,
+    non-numeric or non-finite) is reported on stderr and skipped. Bytes lines are decoded here, one
+    by one, so one bad byte costs one line. A line naming a model channel is a header: a glove
+    restarted with another column order is re-read, never parsed with the old positions, and one
+    lacking a channel is refused (StreamHeaderError).
     """
-    lines = iter(lines)
-    header = next(csv.reader([next(lines)]))
-    header = [h.strip() for h in header]
-    missing = [c for c in channels if c not in header]
-    if missing:
-        raise ValueError(f"stream header lacks column(s) {', '.join(missing)}: {','.join(header)}")
-    cols = [header.index(c) for c in channels]
-    for n, line in enumerate(lines, start=2):
-        if not line.strip():
-            continue
-        fields = next(csv.reader([line]))
+    header: list[str] | None = None
+    for n, raw in enumerate(lines, start=1):
         try:
-            row = np.array([float(fields[j]) for j in cols])
-        except (ValueError, IndexError):
-            print(
-                f"stream line {n}: skipped, not {len(header)} numeric fields: {line.strip()[:80]}",
-                file=sys.stderr,
-            )
+            if len(raw) > MAX_LINE:
+                raise ValueError(f"longer than {MAX_LINE} characters")
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            if not line.strip():
+                continue
+            fields = [f.strip() for f in next(csv.reader([line]))]
+        except (ValueError, csv.Error) as e:  # UnicodeDecodeError is a ValueError
+            _skip(n, str(e), raw)
             continue
-        if np.all(np.isfinite(row)):
-            yield row
+        if header is None or not set(fields).isdisjoint(channels):
+            missing = [c for c in channels if c not in fields]
+            if missing:
+                raise StreamHeaderError(
+                    f"stream line {n}: header lacks column(s) {', '.join(missing)}: {line.strip()[:80]}"
+                )
+            if header is not None:
+                note = "same header again" if fields == header else "new header, columns re-read"
+                print(f"stream line {n}: {note}", file=sys.stderr)
+            header, cols = fields, [fields.index(c) for c in channels]
+            continue
+        try:
+            if len(fields) != len(header):
+                raise ValueError(f"{len(fields)} fields, header has {len(header)}")
+            row = np.array([float(fields[j]) for j in cols])
+        except ValueError as e:
+            _skip(n, str(e), raw)
+            continue
+        if not np.all(np.isfinite(row)):
+            _skip(n, "non-finite value", raw)
+            continue
+        yield row
+    if header is None:
+        print("stream: ended without a header line, nothing to recognise", file=sys.stderr)
 
 
-def follow(path: Path, poll_s: float = 0.05, idle_s: float | None = None) -> Iterator[str]:
-    """Lines of a file as they are appended (like `tail -f`); ends after idle_s without new data."""
-    with open(path, encoding="utf-8") as f:
-        pending, quiet = "", 0.0
+def _skip(n: int, reason: str, raw: str | bytes) -> None:
+    text = raw[:200].decode("utf-8", "replace") if isinstance(raw, bytes) else raw[:200]
+    print(f"stream line {n}: skipped, {reason}: {text.strip()[:80]!r}", file=sys.stderr)  # repr: one line
+
+
+def follow(path: Path, poll_s: float = 0.05, idle_s: float | None = None) -> Iterator[bytes]:
+    """Lines of a file as they are appended (like `tail -f`); ends after idle_s without new data.
+
+    Bytes, not text: stream_rows decodes each line, so an undecodable line is skipped, not fatal.
+    """
+    with open(path, "rb") as f:
+        pending, quiet = b"", 0.0
         while True:
             chunk = f.readline()
             if chunk:
                 pending += chunk
-                if pending.endswith("\n"):
+                if pending.endswith(b"\n"):
                     yield pending
-                    pending, quiet = "", 0.0
+                    pending, quiet = b"", 0.0
                 continue
             if idle_s is not None and quiet >= idle_s:
                 if pending:

@@ -91,7 +91,9 @@ def fetch_runs(selection: RunSelection) -> tuple[list[dict], list[str]]:
 
 
 def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | None = None) -> Path:
-    """The checkpoint a training run logged, fetched once into outputs/models/<run_id>/.
+    """The checkpoint a training run logged, fetched once into outputs/models/<run_id>/ (or `dest`).
+
+    A cached file is reused only if its size is the artifact's: a truncated one is fetched again.
 
     `run_id` may also be a model URI (`runs:/<id>/model`, `models:/<name>/<version>`): the checkpoint
     inside that pyfunc model is used.
@@ -105,15 +107,18 @@ def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | 
             raise ValueError(f"{run_id} holds no checkpoint: not a model logged by signglove-exp")
         return found[0]
     client = MlflowClient(resolve_uri(uri))
-    ckpts = [a.path for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")]
+    ckpts = [a for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")]
     if not ckpts:
         raise ValueError(f"run {run_id} logged no checkpoint under checkpoints/")
     dest = Path(dest or DEFAULT_OUTPUTS / "models" / run_id)
-    cached = dest / Path(ckpts[0]).name
-    if cached.is_file():
-        return cached
+    cached = dest / Path(ckpts[0].path).name
+    if cached.is_file() and ckpts[0].file_size in (None, cached.stat().st_size):
+        return cached  # a store that lists no size cannot be checked against
     dest.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, ckpts[0], str(dest)))
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+        # renamed in one step within the folder: a killed download never leaves a truncated file as `cached`
+        Path(client.download_artifacts(run_id, ckpts[0].path, tmp)).replace(cached)
+    return cached
 
 
 def run_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:

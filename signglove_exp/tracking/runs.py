@@ -8,7 +8,11 @@ run instead of opening another.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import socket
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,8 +21,10 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # start_run reads the global URI
 from mlflow.types import ColSpec
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
@@ -33,7 +39,9 @@ from signglove_exp.tracking.store import (
 )
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
-RUN_RECORD = "run.json"  # in a run folder: the MLflow run it belongs to
+LOCAL_METRICS = "metrics.jsonl"  # in a run folder: every metric logged, one JSON object a line
+RUN_RECORD = "run.json"  # in a run folder: the MLflow run it belongs to, and the process running it
+SWEEP_RECORD = "sweep_run.json"  # in a sweep folder: the parent run, its sweep tag, store and process
 PYFUNC_REQUIREMENTS = ["torch==2.13.0", "pytorch-lightning>=2.6,<2.7", "numpy", "scikit-learn", "pandas"]
 
 
@@ -48,31 +56,76 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
 
 
 class RunLogger(MLFlowLogger):
-    """Lightning's MLflow logger that can continue a run.
+    """Lightning's MLflow logger that can continue a run, and that outlives its tracking server.
 
     Steps the run already holds are not logged again (an epoch a kill cut short is trained again,
     identically, after a resume), and the run is ended by `train`, after its test metrics and files
-    are in, not by Lightning at the end of fitting.
+    are in, not by Lightning at the end of fitting. Every metric is also kept in the run folder's
+    metrics.jsonl; when the store stops answering (after the bounded retries of `tracking.http_*`)
+    the logger says so once and goes on locally: `python -m signglove_exp.upload RUN_FOLDER` sends
+    the finished run when the store is back.
     """
 
-    def __init__(self, logged_through: dict[str, int] | None = None, **kwargs):
+    def __init__(self, logged_through: dict[str, int] | None = None, local_dir: Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.logged_through = logged_through or {}
+        self.local_file = Path(local_dir) / LOCAL_METRICS if local_dir else None
+        self.offline: str | None = None  # why the store is no longer used, once it failed
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         if step is not None:
             metrics = {k: v for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
-        if metrics:
-            super().log_metrics(metrics, step)
+        if not metrics:
+            return
+        if self.local_file:
+            with open(self.local_file, "a", encoding="utf-8") as f:
+                for k, v in metrics.items():
+                    f.write(json.dumps({"key": k, "value": float(v), "step": step or 0}) + "\n")
+        self.send(lambda: super(RunLogger, self).log_metrics(metrics, step), "metrics")
+
+    def send(self, call, what: str) -> None:
+        """Run one call to the store unless it already failed; its first failure switches to local."""
+        if self.offline:
+            return
+        try:
+            call()
+        except Exception as error:  # MLflow wraps connection errors in several types; all mean the same here
+            self.offline = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            folder = self.local_file.parent if self.local_file else "the run folder"
+            print(
+                f"\nThe tracking store {self._tracking_uri} stopped answering while logging {what} "
+                f"({self.offline}). Training goes on; every metric, checkpoint and file stays in {folder}. "
+                f"When the store is back: python -m signglove_exp.upload {folder}\n",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def finalize(self, status: str = "success") -> None:
         if status != "success":
             super().finalize(status)
 
 
-def make_logger(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None) -> RunLogger:
+def bound_retries(cfg: DictConfig) -> None:
+    """MLflow's HTTP client retries an unreachable server for minutes by default: bound it."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.tracking.http_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.tracking.http_timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # one paragraph says it all
+
+
+def make_logger(
+    cfg: DictConfig, tags: dict[str, str], run_id: str | None = None, local_dir: Path | None = None
+) -> RunLogger:
     """A logger on a new run with `tags`, or on the existing run `run_id`, set RUNNING again."""
-    client, _ = ensure_experiment(cfg)
+    bound_retries(cfg)
+    try:
+        client, experiment = ensure_experiment(cfg)
+    except MlflowException as error:
+        raise ValueError(
+            f"tracking.uri {tracking_uri(cfg)}: the store does not answer "
+            f"({str(error).splitlines()[0][:200]})"
+        ) from None
+    close_stale_runs(client, experiment)
     logged_through = {}
     if run_id:
         client.update_run(run_id, "RUNNING")
@@ -80,6 +133,7 @@ def make_logger(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
             logged_through[key] = max(m.step for m in client.get_metric_history(run_id, key))
     return RunLogger(
         logged_through,
+        local_dir,
         experiment_name=cfg.tracking.experiment,
         run_name=cfg.tracking.run_name,
         tracking_uri=tracking_uri(cfg),
@@ -88,17 +142,54 @@ def make_logger(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
     )
 
 
-def write_run_record(out_dir: Path, logger: RunLogger) -> None:
-    record = {"run_id": logger.run_id, "tracking_uri": logger._tracking_uri}
-    (out_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+def write_record(path: Path, **fields) -> None:
+    """A run's (or sweep's) record in its folder, naming this process so a later start can tell that
+    a run left RUNNING has no process any more."""
+    record = {**fields, "host": socket.gethostname(), "pid": os.getpid()}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
-def read_run_record(out_dir: Path) -> dict | None:
-    path = Path(out_dir) / RUN_RECORD
+def read_record(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def log_params(logger: MLFlowLogger, cfg: DictConfig, overrides: list[str]) -> None:
+def read_run_record(out_dir: Path) -> dict | None:
+    return read_record(Path(out_dir) / RUN_RECORD)
+
+
+def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this machine that no longer exists (SIGKILL, a power cut)
+    are marked KILLED, with a line saying how to continue each; returns their ids."""
+    closed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        folder = run.data.tags.get("signglove.run_dir")
+        records = [read_record(Path(folder) / n) for n in (RUN_RECORD, SWEEP_RECORD)] if folder else []
+        record = next((r for r in records if r and r["run_id"] == run.info.run_id), None)
+        if not record or record.get("host") != socket.gethostname() or _alive(record.get("pid")):
+            continue
+        if record.get("pending_upload"):
+            print(f"Run {run.info.run_id} ended while its store was away: upload it with the upload command")
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+        print(
+            f"Run {run.info.run_id} was left RUNNING by a process that is gone: marked KILLED "
+            f"(continue it with resume={folder})"
+        )
+    return closed
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError):
+        return True
+    return True
+
+
+def log_params(client: MlflowClient, run_id: str, cfg: DictConfig, overrides: list[str]) -> None:
     """Every resolved config value as a dotted param, and the command-line overrides.
 
     Through the client, not `log_hyperparams`, which cuts values at 250 characters.
@@ -107,18 +198,30 @@ def log_params(logger: MLFlowLogger, cfg: DictConfig, overrides: list[str]) -> N
     params["overrides"] = " ".join(overrides) or "(none)"
     items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
-        logger.experiment.log_batch(logger.run_id, params=items[i : i + 100])
+        client.log_batch(run_id, params=items[i : i + 100])
 
 
-def log_files(logger: MLFlowLogger, files: list[Path], artifact_path: str | None = None) -> None:
+def log_files(client: MlflowClient, run_id: str, files: list[Path], artifact_path: str | None = None) -> None:
     for f in files:
-        logger.experiment.log_artifact(logger.run_id, str(f), artifact_path)
+        client.log_artifact(run_id, str(f), artifact_path)
 
 
-def mark_stopped(logger: MLFlowLogger, error: BaseException) -> None:
-    """A run that broke (FAILED) or was stopped (KILLED: Ctrl-C, SIGTERM) stays with whatever it logged."""
-    stopped = isinstance(error, KeyboardInterrupt | SystemExit)  # Lightning turns Ctrl-C into SystemExit
-    logger.experiment.set_terminated(logger.run_id, "KILLED" if stopped else "FAILED")
+def end_run(logger: RunLogger, out_dir: Path, status: str, error: BaseException | None = None) -> None:
+    """End the run with `status`; if the store is away, the run folder's record keeps the status for
+    `upload`. A FAILED run keeps its error message as error.txt."""
+    if error is not None and status == "FAILED":
+        message = out_dir / "error.txt"
+        message.write_text(f"{type(error).__name__}: {error}\n", encoding="utf-8")
+        logger.send(lambda: logger.experiment.log_artifact(logger.run_id, str(message)), "files")
+    logger.send(lambda: logger.experiment.set_terminated(logger.run_id, status), "the run's status")
+    if logger.offline:
+        record = read_run_record(out_dir)
+        write_record(out_dir / RUN_RECORD, **{**record, "pending_upload": status})
+
+
+def stopped_status(error: BaseException) -> str:
+    """KILLED for Ctrl-C and SIGTERM (Lightning turns them into SystemExit), FAILED for a crash."""
+    return "KILLED" if isinstance(error, KeyboardInterrupt | SystemExit) else "FAILED"
 
 
 def log_evaluation(
@@ -153,7 +256,7 @@ def log_report(uri: str | None, run_id: str, files: list[Path]) -> None:
         client.log_artifact(run_id, str(f), "report")
 
 
-def log_pyfunc(cfg: DictConfig, run_id: str, checkpoint: Path, example_csv: Path, card: ModelCard) -> str:
+def log_pyfunc(uri: str, run_id: str, checkpoint: Path, example_csv: Path, card: ModelCard) -> str:
     """Log the checkpoint as an MLflow pyfunc model (scaler inside) with a signature and an example.
 
     Column types follow a real episode file (flex sensors are integer ADC readings). The card rides in
@@ -167,9 +270,8 @@ def log_pyfunc(cfg: DictConfig, run_id: str, checkpoint: Path, example_csv: Path
             pd.DataFrame({"episode": ["0"], "jamo": ["ㄱ"], "confidence": [1.0], "top3": ["ㄱ:1.000"]}),
         )
         signature.inputs.inputs.append(ColSpec("string", "episode", required=False))
-        mlflow.set_tracking_uri(tracking_uri(cfg))
         package = Path(__file__).resolve().parents[1]
-        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        with _use_tracking_uri(uri), tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
             code = Path(tmp) / package.name
             shutil.copytree(package, code, ignore=shutil.ignore_patterns("fonts", "__pycache__"))
             info = mlflow.pyfunc.log_model(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -12,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from signglove_exp import PROJECT_DIR
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # our own lines say where runs are
 DEFAULT_OUTPUTS = PROJECT_DIR / "outputs"
 
 
@@ -29,19 +33,37 @@ def tracking_uri(cfg) -> str:
     return resolve_uri(cfg.tracking.uri, cfg.paths.outputs)
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Processes that open a new SQLite store at once race in MLflow's schema migrations and crash;
+    here they take turns (a lock file beside the database). Other stores need no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def experiment_id(uri: str, name: str) -> tuple[MlflowClient, str]:
     """Create the store and the experiment once. An SQLite store keeps its files in mlartifacts/
     beside the database (MLflow's own default, ./mlruns, would land wherever the command ran)."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-        try:
-            return client, client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created meanwhile by a parallel job
-            exp = client.get_experiment_by_name(name)
+    with store_lock(uri):
+        client = MlflowClient(uri)  # opening the client creates (and migrates) a new store
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if uri.startswith("sqlite:///"):
+                location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+            try:
+                return client, client.create_experiment(name, artifact_location=location)
+            except MlflowException:  # created meanwhile by a process on another machine
+                exp = client.get_experiment_by_name(name)
     return client, exp.experiment_id
 
 

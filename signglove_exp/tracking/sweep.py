@@ -6,7 +6,6 @@ worker processes and on cluster nodes), and a resumed sweep finds and continues 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -17,15 +16,12 @@ from omegaconf import DictConfig
 
 from signglove_exp.reporting import compare
 from signglove_exp.tracking.queries import RunSelection, fetch_runs
-from signglove_exp.tracking.runs import log_report
+from signglove_exp.tracking.runs import SWEEP_RECORD, close_stale_runs, log_report, read_record, write_record
 from signglove_exp.tracking.store import ensure_experiment, git_commit, tracking_uri
-
-PARENT_FILE = "sweep_run.json"  # in the sweep folder: the parent run's id, sweep tag and store
 
 
 def read_parent(sweep_dir: str | Path) -> dict | None:
-    path = Path(sweep_dir) / PARENT_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_record(Path(sweep_dir) / SWEEP_RECORD)
 
 
 class SweepTracking(Callback):
@@ -41,19 +37,21 @@ class SweepTracking(Callback):
         self.sweep_dir = Path(config.hydra.sweep.dir)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = tracking_uri(config)
+        close_stale_runs(self.client, experiment_id)
         known = read_parent(self.sweep_dir)
         if known:  # a resumed sweep continues its parent run
             self.parent = known["run_id"]
             self.client.update_run(self.parent, "RUNNING")
         else:
+            tags = {"sweep": self.sweep_dir.name, "signglove.run_dir": str(self.sweep_dir.resolve())}
             run = self.client.create_run(
                 experiment_id,
                 run_name=f"sweep-{self.sweep_dir.name}",
-                tags={"sweep": self.sweep_dir.name, "mlflow.source.git.commit": git_commit()},
+                tags={**tags, "mlflow.source.git.commit": git_commit()},
             )
             self.parent = run.info.run_id
-            record = {"run_id": self.parent, "sweep": self.sweep_dir.name, "tracking_uri": uri}
-            (self.sweep_dir / PARENT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        record = {"run_id": self.parent, "sweep": self.sweep_dir.name, "tracking_uri": uri}
+        write_record(self.sweep_dir / SWEEP_RECORD, **record)
         self.selection = RunSelection(config.tracking.experiment, parent=self.parent, uri=uri)
         self.started = time.time()
         SweepTracking.open = self

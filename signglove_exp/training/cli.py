@@ -8,11 +8,14 @@ and `--cfg job` answer at once.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from signglove_exp import PROJECT_DIR
@@ -30,7 +33,13 @@ def compose(*overrides: str) -> DictConfig:
 def main(cfg: DictConfig) -> float:
     from signglove_exp.training.train import objective, train
 
-    metrics, _ = train(cfg)
+    try:
+        metrics, _ = train(cfg)
+    except (ValueError, FileNotFoundError) as error:  # bad settings or data: one line, not a traceback
+        single = HydraConfig.get().mode == RunMode.RUN
+        if single and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            raise SystemExit(f"Error: {error}") from None
+        raise
     return objective(cfg, metrics)
 
 

@@ -63,7 +63,7 @@ class Classifier(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         loss, pred, y = self._gather()
-        m = classification_metrics(y, pred, self.n_classes)
+        m = classification_metrics(y, pred)
         self.log_dict({"val/loss": loss, "val/acc": m["acc"], "val/f1_macro": m["f1_macro"]})
 
     def test_step(self, batch, batch_idx):
@@ -71,7 +71,7 @@ class Classifier(pl.LightningModule):
 
     def on_test_epoch_end(self):
         loss, pred, y = self._gather()
-        metrics = {"loss": loss, **classification_metrics(y, pred, self.n_classes)}
+        metrics = {"loss": loss, **classification_metrics(y, pred)}
         self.log_dict({f"test/{k}": v for k, v in metrics.items()})
         self.test_confusion = confusion_matrix(y, pred, labels=list(range(self.n_classes)))
 
@@ -105,7 +105,7 @@ class Classifier(pl.LightningModule):
         )
         self.train(was_training)
         loss = float(self.loss(logits, torch.from_numpy(y)))
-        return {"loss": loss, **classification_metrics(y, logits.argmax(1).numpy(), self.n_classes)}
+        return {"loss": loss, **classification_metrics(y, logits.argmax(1).numpy())}
 
 
 @torch.no_grad()

@@ -100,24 +100,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     module = Classifier(
         net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card
     )
-    logger = runs.make_logger(cfg, run_tags(cfg, prepared, start, out_dir), run_id=start.run_id)
+    logger = runs.make_logger(cfg, run_tags(cfg, prepared, start, out_dir), start.run_id, out_dir)
+    runs.write_record(out_dir / runs.RUN_RECORD, run_id=logger.run_id, tracking_uri=tracking_uri(cfg))
     if start.run_id is None:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-        runs.write_run_record(out_dir, logger)
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        runs.log_params(logger, cfg, overrides)
+        logger.send(lambda: runs.log_params(logger.experiment, logger.run_id, cfg, overrides), "params")
     elif start.kind == "resume":
         epoch = torch.load(start.checkpoint, map_location="cpu", weights_only=True)["epoch"]
         print(f"Resuming run {start.run_id} after epoch {epoch + 1}, from {start.checkpoint}")
     try:
         metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir, start)
-        logger.experiment.set_terminated(logger.run_id, "FINISHED")
     except BaseException as error:
-        runs.mark_stopped(logger, error)
+        runs.end_run(logger, out_dir, runs.stopped_status(error), error)
         raise
+    runs.end_run(logger, out_dir, "FINISHED")
+    where = f"MLflow run {logger.run_id} at {tracking_uri(cfg)}"
+    if logger.offline:
+        where = f"kept in {out_dir}, not yet in MLflow: python -m signglove_exp.upload {out_dir}"
     print(
         f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
-        f"(best epoch {metrics['best_epoch']}); MLflow run {logger.run_id} at {tracking_uri(cfg)}"
+        f"(best epoch {metrics['best_epoch']}); {where}"
     )
     return metrics, {"prepared": prepared, "module": module, "run_id": logger.run_id, "best_checkpoint": best}
 
@@ -146,12 +149,18 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
             "model/n_trained": n_trained,
             **sizes,
             "data/n_rejected": len(prepared.corpus.rejected),
+            "data/n_duplicates": len(prepared.duplicates),
         }
     )
     reports = data.write_reports(prepared, out_dir)
     if prepared.corpus.rejected:
         n_bad = len(prepared.corpus.rejected)
         print(f"Skipped {n_bad} unusable episode file(s); reasons in {out_dir / 'bad_files.tsv'}")
+    if prepared.duplicates:
+        print(
+            f"{len(prepared.duplicates)} episode file(s) are byte-identical copies of others, each kept in "
+            f"its original's part; listed in {out_dir / 'duplicates.tsv'}"
+        )
 
     shuffle = torch.Generator().manual_seed(cfg.seed)
     train_loader = loader(prepared.arrays["train"], cfg.data.batch_size, shuffle)
@@ -187,10 +196,13 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
 
     title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
     confusion = figures.write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
-    runs.log_files(logger, [*reports, out_dir / "config.yaml", *confusion])
+    client, run_id = logger.experiment, logger.run_id
+    files = [*reports, out_dir / "config.yaml", *confusion]
+    logger.send(lambda: runs.log_files(client, run_id, files), "files")
     if best:
-        runs.log_files(logger, [Path(best)], "checkpoints")
+        logger.send(lambda: runs.log_files(client, run_id, [Path(best)], "checkpoints"), "the checkpoint")
         if cfg.tracking.log_model:
             example = prepared.corpus.root / prepared.corpus.episodes[prepared.parts["test"][0]].path
-            runs.log_pyfunc(cfg, logger.run_id, Path(best), example, module.card)
+            model = (tracking_uri(cfg), run_id, Path(best), example, module.card)
+            logger.send(lambda: runs.log_pyfunc(*model), "the pyfunc model")
     return metrics, best

@@ -1,0 +1,302 @@
+"""Nothing lost, nothing silently wrong: bad data, bad settings, bad files, racing processes and a
+tracking server that goes away (real files, real stores, a real `mlflow server` on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import PROJECT_DIR, data, evaluate, upload
+from signglove_exp.card import read_card
+from signglove_exp.metrics import classification_metrics
+from tests.conftest import cli_command, cli_env, compose_config, store_overrides
+
+REFERENCE = PROJECT_DIR / "data" / "pretrained" / "gru-reference.ckpt"
+BUNDLED = PROJECT_DIR / "data" / "signglove"
+QUICK = ["trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "tracking.log_model=false"]
+
+
+def copy_episodes(dest: Path, jamo: list[str], per_class: int = 4, signer: str = "unified_HB") -> list[Path]:
+    copied = []
+    for j in jamo:
+        for f in sorted((BUNDLED / signer).rglob(f"{j}/*/episode_*.csv"))[:per_class]:
+            target = dest / signer / j / f.parent.name / f.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copy(f, target)))
+    return copied
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+# 1. A mistyped data.root
+
+
+def test_a_mistyped_data_root_is_an_error_and_nothing_is_unpacked_there(tmp_path, cache_dir):
+    typo = tmp_path / "signglov"
+    proc = run_cli(*store_overrides(tmp_path, cache_dir), f"data.root={typo}", *QUICK, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"Error: data.root {typo} does not exist"
+    assert not typo.exists() and not (tmp_path / "mlflow.db").exists()  # no run was opened
+
+
+# 2. Macro scores over the classes present
+
+
+def test_macro_scores_average_over_the_classes_present_only():
+    y_true, y_pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 0, 1, 1, 2, 2])
+    assert classification_metrics(y_true, y_pred)["f1_macro"] == 1.0  # not 3/24
+    y_pred = np.array([0, 1, 1, 1, 2, 5])  # a class predicted that the truth lacks
+    m = classification_metrics(y_true, y_pred)
+    assert m["recall_macro"] == pytest.approx(m["balanced_acc"])
+
+
+def test_evaluating_on_a_folder_with_three_jamo_says_which_classes_are_missing(tmp_path, capsys):
+    copy_episodes(tmp_path / "three", ["ㄱ", "ㄴ", "ㄷ"], per_class=5, signer="unified_JY")
+    metrics = evaluate.main(
+        [
+            str(REFERENCE),
+            "--data",
+            str(tmp_path / "three"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'm.db'}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "21 of the model's 24 classes have no episode here (ㄹ ㅁ" in out and "over the 3 present" in out
+    assert metrics["eval/recall_macro"] == pytest.approx(metrics["eval/balanced_acc"])
+    assert metrics["eval/f1_macro"] >= metrics["eval/acc"] - 0.35  # not divided by 24
+
+
+# 3. Parallel runs on a new SQLite store
+
+
+def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_dir):
+    store = store_overrides(tmp_path, cache_dir)
+    procs = [
+        subprocess.Popen(
+            cli_command(*store, *QUICK, f"seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}"),
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+# 4. A tracking server that goes away
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(root: Path, port: int) -> subprocess.Popen:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
+        + ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+        + ["--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+            time.sleep(0.3)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
+
+
+def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_path, cache_dir):
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(tmp_path, port)
+    folder = tmp_path / "run"
+    try:
+        training = subprocess.Popen(
+            cli_command(
+                f"paths.outputs={tmp_path / 'outputs'}",
+                f"data.cache_dir={cache_dir}",
+                f"tracking.uri={uri}",
+                "trainer=debug",
+                "trainer.max_epochs=5",
+                "trainer.limit_train_batches=1.0",
+                "tracking.http_retries=1",
+                f"hydra.run.dir={folder}",
+            ),
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while not (folder / "checkpoints" / "last.ckpt").is_file():
+            assert training.poll() is None, training.communicate()[1][-3000:]
+            time.sleep(0.05)
+    finally:
+        stop_server(server)  # the server goes away during training
+    started = time.time()
+    out, err = training.communicate(timeout=600)
+    assert training.returncode == 0, err[-3000:]
+    assert time.time() - started < 120  # bounded retries, not minutes of stalling
+    assert err.count("stopped answering") == 1 and "Traceback" not in err
+    assert f"python -m signglove_exp.upload {folder}" in err and "not yet in MLflow" in out
+    assert (
+        len([line for line in (folder / "metrics.jsonl").read_text().splitlines() if '"val/loss"' in line])
+        == 5
+    )
+
+    server = start_server(tmp_path, port)
+    try:
+        assert upload.main([str(folder)]) == "FINISHED"
+        client = MlflowClient(uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == sorted(
+            {m.step for m in client.get_metric_history(run.info.run_id, "val/loss")}
+        )
+        assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 5
+        assert "test/acc" in run.data.metrics
+        files = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "scaler.json", "confusion_matrix.png", "checkpoints"} <= files
+        (ckpt,) = client.list_artifacts(run.info.run_id, "checkpoints")
+        local = client.download_artifacts(run.info.run_id, ckpt.path, str(tmp_path / "back"))
+        assert read_card(local).name == "gru"
+    finally:
+        stop_server(server)
+
+
+# 6. Data that leaks or skews
+
+
+def test_byte_identical_copies_stay_in_one_part_and_are_reported(tmp_path, cache_dir):
+    root = tmp_path / "copies"
+    originals = copy_episodes(root, ["ㄱ", "ㄴ", "ㄷ"], per_class=10)
+    for f in originals:
+        twin = f.with_name(f.stem + "_copy.csv")
+        shutil.copy(f, twin)
+    cfg = compose_config(f"data.root={root}", "data.cache_dir=null", "data.classes=['ㄱ','ㄴ','ㄷ']")
+    prepared = data.prepare(cfg.data, cfg.split)
+    eps = prepared.corpus.episodes
+    part_of = {eps[i].path: p for p, idx in prepared.parts.items() for i in idx}
+    assert len(prepared.duplicates) == len(originals)
+    for copy, original in prepared.duplicates.items():
+        assert part_of[eps[copy].path] == part_of[eps[original].path]
+    files = data.write_reports(prepared, tmp_path / "out")
+    listed = (tmp_path / "out" / "duplicates.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(listed) == 1 + len(originals) and tmp_path / "out" / "duplicates.tsv" in files
+
+
+def test_the_scaler_sees_what_the_model_reads():
+    short, long = np.zeros((80, 1)), np.full((10_000, 1), 100.0)
+    scaler = data.fit_scaler([short, long], ["flex1"], seq_len=87)
+    assert scaler["n_samples_seen"] == 80 + 87 and scaler["mean"][0] == pytest.approx(100 * 87 / 167)
+
+
+def test_linked_folders_fifos_dangling_links_bom_and_doubled_columns(tmp_path):
+    root = tmp_path / "root"
+    good = copy_episodes(tmp_path / "elsewhere", ["ㄱ"], per_class=3)
+    (root / "unified_HB").mkdir(parents=True)
+    (root / "unified_HB" / "ㄱ").symlink_to(good[0].parents[1], target_is_directory=True)  # a linked class
+    session = root / "unified_HB" / "ㄴ" / "1"
+    session.mkdir(parents=True)
+    os.mkfifo(session / "episode_fifo.csv")
+    (session / "episode_dangling.csv").symlink_to(tmp_path / "gone.csv")
+    (session / "loop").symlink_to(session, target_is_directory=True)
+    text = good[0].read_text(encoding="utf-8")
+    (session / "episode_bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    header, rest = text.split("\n", 1)
+    (session / "episode_twice.csv").write_text(
+        header.replace("flex3", "flex1") + "\n" + rest, encoding="utf-8"
+    )
+    started = time.time()
+    corpus = data.load_corpus(root, ["ㄱ", "ㄴ"], ["flex1", "flex2", "pitch"], 10, "unified_")
+    assert time.time() - started < 30  # the FIFO was never opened
+    usable = {Path(e.path).name for e in corpus.episodes if e.reason is None}
+    assert usable == {g.name for g in good} | {"episode_bom.csv"}
+    reasons = {Path(p).name: r for p, r in corpus.rejected}
+    assert reasons["episode_fifo.csv"].startswith("not a regular file")
+    assert reasons["episode_dangling.csv"].startswith("not a regular file")
+    assert reasons["episode_twice.csv"] == "column(s) flex1 appear more than once in the header"
+    assert reasons["loop"].startswith("a link to a folder already read")
+
+
+# 7. Clear errors
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.seq_len=0", "data.seq_len=0: must be a whole number >= 1"),
+        ("data.seq_len=8.5", "data.seq_len=8.5: must be a whole number >= 1"),
+        ("data.batch_size=0", "data.batch_size=0: must be a whole number >= 1"),
+        ("data.channels=[]", "data.channels is empty: name at least one"),
+        ("data.channels=[flex1,bend9]", "(2884 file(s): missing column(s) bend9)"),
+    ],
+)
+def test_bad_settings_are_one_line_errors_naming_the_key(override, message, cache_dir):
+    cfg = compose_config(override, f"data.cache_dir={cache_dir}")
+    with pytest.raises(ValueError) as error:
+        data.prepare(cfg.data, cfg.split)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_class_too_small_to_split_is_named_by_its_jamo(tmp_path):
+    root = tmp_path / "few"
+    copy_episodes(root, ["ㄱ", "ㄴ"], per_class=10)
+    copy_episodes(root, ["ㅎ"], per_class=1)
+    cfg = compose_config(f"data.root={root}", "data.cache_dir=null", "data.classes=['ㄱ','ㄴ','ㅎ']")
+    with pytest.raises(ValueError, match=r"too few episodes to stratify for class\(es\) ㅎ \(1 episodes\)"):
+        data.prepare(cfg.data, cfg.split)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_a_damaged_checkpoint_is_a_clear_error_that_never_advises_unsafe_loading(tmp_path, damage):
+    bad = tmp_path / "model.ckpt"
+    raw = REFERENCE.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 3] if damage == "truncated" else os.urandom(4096))
+    with pytest.raises(ValueError) as error:
+        read_card(bad)
+    assert str(error.value).startswith(f"{bad}: not a readable checkpoint")
+    assert "weights_only" not in str(error.value)
+    proc = subprocess.run(
+        [sys.executable, "-m", "signglove_exp.describe", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "weights_only=False" not in proc.stderr
+    assert torch.load(REFERENCE, weights_only=True)  # the real one is fine
