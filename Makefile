@@ -8,8 +8,9 @@ STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 .PHONY: setup train sweep test lint ui bench clean
 
 $(VENV)/.installed: pyproject.toml
+	@echo "Setting up $(VENV): signglove-exp and its dependencies (first time only; a few minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --progress-bar on -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed  ## virtual environment with the project and its test tools
@@ -34,6 +35,5 @@ bench: setup  ## inference latency table: four architectures, PyTorch vs ONNX Ru
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port 5000
 
-clean:  ## run folders, the MLflow store, the data cache and the unpacked data
+clean:  ## run folders, the MLflow store, the data cache and the unpacked episodes (all under outputs/)
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
-	rm -rf data/signglove

@@ -1,9 +1,20 @@
 """Hydra-configured experiments for glove-based Korean Sign Language fingerspelling recognition."""
 
+import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]  # the checkout: conf/, data/, outputs/
+# OpenMP threads that spin while waiting slow every other process on a busy machine many-fold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"  # the Hydra configs; --config-dir adds a folder of your own
+BUNDLED_DIR = PACKAGE_DIR / "bundled"  # the episode archive, the pretrained model, upstream's checkpoints
+
+
+def default_outputs() -> Path:
+    """outputs/ in the folder a command runs from: run folders, the MLflow store, caches."""
+    return Path.cwd() / "outputs"
 
 
 def project_version() -> str:
@@ -16,7 +27,6 @@ def project_version() -> str:
 def command(main) -> None:
     """Run a command's `main`: bad input (a ValueError or FileNotFoundError naming the file or setting)
     is one line on stderr and exit status 1, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback."""
-    import os
 
     try:
         main()

@@ -75,7 +75,7 @@ def render(info: dict, metrics: dict | None = None) -> str:
             "(python -m signglove_exp.legacy imports it with upstream's)"
         )
     for k, v in sorted((metrics or {}).items()):
-        if k.startswith(("test/", "eval/", "best/", "best_epoch")):
+        if k.startswith(("test/", "eval/", "best/")):
             lines.append(f"metric:       {k} = {v:.4f}")
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from signglove_exp import command
+from signglove_exp import command, default_outputs
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -31,12 +31,11 @@ def main(argv: list[str] | None = None) -> Path:
     from signglove_exp.inference.onnx_export import export_onnx
     from signglove_exp.inference.recognizer import Recognizer
     from signglove_exp.tracking.queries import download_checkpoint
-    from signglove_exp.tracking.store import DEFAULT_OUTPUTS
 
     checkpoint, folder = Path(args.model), None
     if not checkpoint.is_file():  # a run: the .onnx goes beside its cached checkpoint, never into the cwd
         run = "".join(c if c.isalnum() else "_" for c in args.model)  # a run id as is; a URI made a name
-        folder = (args.outputs or DEFAULT_OUTPUTS) / "models" / run
+        folder = (args.outputs or default_outputs()) / "models" / run
         checkpoint = download_checkpoint(args.model, args.tracking_uri, folder)
     rec = Recognizer.from_checkpoint(checkpoint)
     out = args.out or (folder / f"{rec.card.name}.onnx" if folder else checkpoint.with_suffix(".onnx"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from signglove_exp import PROJECT_DIR, command
+from signglove_exp import BUNDLED_DIR, command, default_outputs
 from signglove_exp.card import ModelCard
 
 UPSTREAM_PADDING = {"value": 1.0, "units": "raw"}  # upstream padded raw episodes with 1.0, then scaled
@@ -158,7 +158,7 @@ def import_checkpoint(path: str | Path, scaler: dict, cfg):
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    default_dir = PROJECT_DIR / "data" / "legacy"
+    default_dir = BUNDLED_DIR / "legacy"
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.legacy", description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="*", type=Path, help=f"default: every .ckpt in {default_dir}")
     ap.add_argument("--scaler", type=Path, default=default_dir / "scaler.pkl", help="upstream's scaler.pkl")
@@ -174,7 +174,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from signglove_exp.inference.recognizer import Recognizer
     from signglove_exp.models import count_parameters
     from signglove_exp.tracking.runs import log_evaluation
-    from signglove_exp.tracking.store import DEFAULT_OUTPUTS
     from signglove_exp.training.cli import compose
 
     cfg = compose()
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for path in args.checkpoints or sorted(default_dir.glob("*.ckpt")):
         net, card = import_checkpoint(path, scaler, cfg)
-        out = (args.out or DEFAULT_OUTPUTS / "legacy") / path.stem
+        out = (args.out or default_outputs() / "legacy") / path.stem
         out.mkdir(parents=True, exist_ok=True)
         converted = out / f"{card.name}-{path.stem}.ckpt"
         torch.save({"state_dict": net.state_dict(), CARD_KEY: card.to_dict()}, converted)

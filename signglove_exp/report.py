@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from signglove_exp import command
+from signglove_exp import command, default_outputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     from signglove_exp.reporting.compare import build_report
     from signglove_exp.tracking.queries import RunSelection, fetch_runs
     from signglove_exp.tracking.runs import log_report
-    from signglove_exp.tracking.store import DEFAULT_OUTPUTS
 
     selection = RunSelection(args.experiment, tuple(args.sweep), args.parent, args.filter, args.tracking_uri)
     runs, parents = fetch_runs(selection)
-    out = args.out or DEFAULT_OUTPUTS / "reports" / selection.slug()
+    out = args.out or default_outputs() / "reports" / selection.slug()
     files = build_report(runs, out, f"Comparison: {selection.describe()}")
     for parent in parents:
         log_report(selection.uri, parent, files)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,25 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from signglove_exp.data import ensure_unpacked
 from signglove_exp.training.cli import compose as compose_config
+
+
+@pytest.fixture
+def spawn():
+    """Popen for a test: every process it starts (in a session of its own) is killed, with all its
+    children, when the test ends, whether it passed or not."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args, **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(*args, start_new_session=True, **kwargs))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +47,15 @@ def make_cfg(tmp_path, cache_dir):
     )
 
 
+@functools.cache
+def episodes_root() -> Path:
+    """The bundled episodes, unpacked once into the checkout's outputs/ and shared by every test."""
+    return ensure_unpacked(compose_config().data)
+
+
 def store_overrides(tmp_path: Path, cache_dir: Path) -> list[str]:
     return [
+        f"data.root={episodes_root()}",
         f"paths.outputs={tmp_path / 'outputs'}",
         f"data.cache_dir={cache_dir}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",

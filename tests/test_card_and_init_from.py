@@ -13,7 +13,7 @@ from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.tracking.queries import download_checkpoint
 from signglove_exp.training.train import train
-from tests.conftest import compose_config
+from tests.conftest import compose_config, episodes_root
 
 PREVIOUS_RELEASE = Path(__file__).parent / "fixtures" / "card-v1-gru.ckpt"  # written by release 0.1
 
@@ -52,6 +52,7 @@ def fine_tune(cli_run, tmp_path, cache_dir, *overrides):
         f"paths.outputs={tmp_path / 'outputs'}",
         f"paths.output_dir={tmp_path / 'run'}",
         f"data.cache_dir={cache_dir}",
+        f"data.root={episodes_root()}",
         f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
         f"init_from={source.info.run_id}",
         "trainer=debug",
@@ -79,7 +80,9 @@ def test_init_from_a_run_with_the_head_trained_changes_only_the_head(cli_run, tm
     assert run.data.tags["signglove.source_run"] == source.info.run_id
     assert run.data.tags["signglove.init_from"] == source.info.run_id
     assert (
-        run.data.metrics["model/n_trained"] == sum(after[k].numel() for k in head) < metrics["model/n_params"]
+        int(run.data.params["model.n_trained"])
+        == sum(after[k].numel() for k in head)
+        < int(run.data.params["model.n_params"])
     )
 
 

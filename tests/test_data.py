@@ -167,7 +167,7 @@ def test_cache_returns_what_parsing_returns(prepared, tmp_path):
 
 def test_missing_data_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        data.ensure_unpacked(tmp_path / "nowhere", None)
+        data.ensure_unpacked(compose_config(f"data.root={tmp_path / 'nowhere'}").data)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no episode_"):
         data.load_corpus(tmp_path / "empty", ["ㄱ"], ["flex1"], 1)

@@ -22,7 +22,7 @@ from tests.conftest import compose_config, run_cli, store_overrides
 @pytest.fixture(scope="module")
 def corpus(cache_dir):
     cfg = compose_config(f"data.cache_dir={cache_dir}")
-    root = data.ensure_unpacked(cfg.data.root, cfg.data.archive)
+    root = data.ensure_unpacked(cfg.data)
     return data.load_corpus(
         root,
         list(cfg.data.classes),
@@ -109,7 +109,7 @@ def test_manifest_and_class_counts_match_what_was_trained(make_cfg, tmp_path):
         manifest = list(csv.DictReader(f))
     by_part = {p: [r for r in manifest if r["part"] == p] for p in data.PARTS}
     for p in data.PARTS:
-        assert len(by_part[p]) == run.data.metrics[f"data/n_{p}"] == len(objects["prepared"].arrays[p][0])
+        assert len(by_part[p]) == int(run.data.params[f"data.n_{p}"]) == len(objects["prepared"].arrays[p][0])
     assert {r["signer"] for r in by_part["test"]} == {"HB"} and {r["signer"] for r in by_part["train"]} == {
         "JY"
     }

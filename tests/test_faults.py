@@ -17,13 +17,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR, data, evaluate, upload
+from signglove_exp import BUNDLED_DIR, data, evaluate, upload
 from signglove_exp.card import read_card
 from signglove_exp.metrics import classification_metrics
-from tests.conftest import cli_command, cli_env, compose_config, store_overrides
+from tests.conftest import cli_command, cli_env, compose_config, episodes_root, store_overrides
 
-REFERENCE = PROJECT_DIR / "data" / "pretrained" / "gru-reference.ckpt"
-BUNDLED = PROJECT_DIR / "data" / "signglove"
+REFERENCE = BUNDLED_DIR / "pretrained" / "gru-reference.ckpt"
+BUNDLED = episodes_root()
 QUICK = ["trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "tracking.log_model=false"]
 
 
@@ -85,10 +85,10 @@ def test_evaluating_on_a_folder_with_three_jamo_says_which_classes_are_missing(t
 # 3. Parallel runs on a new SQLite store
 
 
-def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_dir):
+def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_dir, spawn):
     store = store_overrides(tmp_path, cache_dir)
     procs = [
-        subprocess.Popen(
+        spawn(
             cli_command(*store, *QUICK, f"seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}"),
             cwd=tmp_path,
             env=cli_env(),
@@ -115,15 +115,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(root: Path, port: int) -> subprocess.Popen:
+def start_server(spawn, root: Path, port: int) -> subprocess.Popen:
     mlflow = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
+    server = spawn(
         [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
         + ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
         + ["--workers", "1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     deadline = time.time() + 120
     while True:
@@ -140,16 +139,17 @@ def stop_server(server: subprocess.Popen) -> None:
     server.wait(timeout=60)
 
 
-def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_path, cache_dir):
+def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_path, cache_dir, spawn):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = start_server(tmp_path, port)
+    server = start_server(spawn, tmp_path, port)
     folder = tmp_path / "run"
     try:
-        training = subprocess.Popen(
+        training = spawn(
             cli_command(
                 f"paths.outputs={tmp_path / 'outputs'}",
                 f"data.cache_dir={cache_dir}",
+                f"data.root={episodes_root()}",
                 f"tracking.uri={uri}",
                 "trainer=debug",
                 "trainer.max_epochs=5",
@@ -173,13 +173,13 @@ def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_p
     assert training.returncode == 0, err[-3000:]
     assert time.time() - started < 120  # bounded retries, not minutes of stalling
     assert err.count("stopped answering") == 1 and "Traceback" not in err
-    assert f"python -m signglove_exp.upload {folder}" in err and "not yet in MLflow" in out
+    assert f"python -m signglove_exp.upload {folder}" in err and "Not yet in MLflow" in out
     assert (
         len([line for line in (folder / "metrics.jsonl").read_text().splitlines() if '"val/loss"' in line])
         == 5
     )
 
-    server = start_server(tmp_path, port)
+    server = start_server(spawn, tmp_path, port)
     try:
         assert upload.main([str(folder)]) == "FINISHED"
         client = MlflowClient(uri)

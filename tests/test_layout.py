@@ -12,13 +12,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from signglove_exp import PROJECT_DIR
+from signglove_exp import CONF_DIR, PACKAGE_DIR
 from signglove_exp.data import STRATEGIES
 from signglove_exp.models import build_model
 from tests.conftest import compose_config
 
-PACKAGE = PROJECT_DIR / "signglove_exp"
-CONF = PROJECT_DIR / "conf"
+PACKAGE = PACKAGE_DIR
+CONF = CONF_DIR
 
 
 def options(group: str) -> list[str]:
@@ -50,7 +50,7 @@ def module_imports() -> dict[str, set[str]]:
     """Module -> the signglove_exp modules it imports at module level (not inside functions)."""
     graph = {}
     for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PROJECT_DIR).with_suffix("").parts).removesuffix(".__init__")
+        name = ".".join(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts).removesuffix(".__init__")
         found = set()
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if isinstance(node, ast.ImportFrom) and node.module:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR, describe, legacy
+from signglove_exp import BUNDLED_DIR, describe, legacy
 from signglove_exp.card import load_model
 from signglove_exp.inference.recognizer import Recognizer
 
-LEGACY = PROJECT_DIR / "data" / "legacy"
+LEGACY = BUNDLED_DIR / "legacy"
 # file -> (architecture, accuracy on upstream's exact test split, as the legacy README gives it)
 EXPECTED = {
     "best_model-ms3dgru_best.ckpt": ("ms3d_gru", 0.9913),
@@ -71,7 +71,8 @@ def test_imports_reproduce_upstreams_accuracies_and_carry_their_mode(tmp_path, m
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     results = legacy.main(["--tracking-uri", uri, "--out", str(tmp_path / "converted")])
-    assert not any((tmp_path / "cwd").iterdir())  # files land beside the store, not where the command ran
+    assert [p.name for p in (tmp_path / "cwd").iterdir()] == ["outputs"]  # no mlruns/ or mlflow.db here
+    assert not (tmp_path / "cwd" / "outputs" / "mlartifacts").exists()  # run files go beside the store
     assert any((tmp_path / "mlartifacts").rglob("confusion_matrix.png"))
     assert {r["file"]: (r["model"], round(r["eval/acc"], 4)) for r in results} == EXPECTED
     client = MlflowClient(uri)

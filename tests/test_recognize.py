@@ -16,14 +16,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR, data, export, legacy, recognize
+from signglove_exp import BUNDLED_DIR, data, export, legacy, recognize
 from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.inference.stream import StreamSettings, recognise_stream, stream_rows
 from signglove_exp.tracking.queries import download_checkpoint
 from tests.conftest import compose_config
 
-REFERENCE = PROJECT_DIR / "data" / "pretrained" / "gru-reference.ckpt"
+REFERENCE = BUNDLED_DIR / "pretrained" / "gru-reference.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_split(cache_dir):
     """The reference test split's episodes (unseen by the reference model), in a seeded random order."""
     cfg = compose_config(f"data.cache_dir={cache_dir}")
     corpus = data.load_corpus(
-        data.ensure_unpacked(cfg.data.root, cfg.data.archive),
+        data.ensure_unpacked(cfg.data),
         list(cfg.data.classes),
         list(cfg.data.channels),
         cfg.data.min_len,
@@ -312,14 +312,12 @@ def test_pyfunc_model_predicts_raw_samples_and_registers(cli_run, test_split):
     )
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (PROJECT_DIR / "data" / "legacy").glob("*.ckpt")))
+@pytest.mark.parametrize("name", sorted(p.name for p in (BUNDLED_DIR / "legacy").glob("*.ckpt")))
 def test_onnx_export_matches_pytorch_on_real_episodes(name, test_split, tmp_path):
     root, episodes = test_split
     cfg = compose_config()
-    scaler = legacy.read_scaler_pickle(
-        PROJECT_DIR / "data" / "legacy" / "scaler.pkl", list(cfg.data.channels)
-    )
-    net, card = legacy.import_checkpoint(PROJECT_DIR / "data" / "legacy" / name, scaler, cfg)
+    scaler = legacy.read_scaler_pickle(BUNDLED_DIR / "legacy" / "scaler.pkl", list(cfg.data.channels))
+    net, card = legacy.import_checkpoint(BUNDLED_DIR / "legacy" / name, scaler, cfg)
     torch_rec = Recognizer.from_torch(net, card)
     onnx_rec = Recognizer.from_onnx(export_onnx(net, card, tmp_path / "model.onnx"))
     values = [e.values for e in episodes[:150]]

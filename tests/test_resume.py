@@ -14,13 +14,13 @@ from tests.conftest import cli_command, cli_env, run_cli, store_overrides
 
 # A GRU on every training batch: each epoch takes about a second, so a kill lands mid-training.
 TRAINING = ["model=gru", "trainer=debug", "trainer.max_epochs=4", "trainer.limit_train_batches=1.0", "seed=3"]
-CURVES = ["train/loss", "val/loss", "val/acc", "lr-AdamW"]
-RESULTS = ["test/acc", "test/f1_macro", "test/loss", "best/val/loss", "best_epoch"]
+CURVES = ["train/loss", "val/loss", "val/acc", "train/lr"]
+RESULTS = ["test/acc", "test/f1_macro", "test/loss", "best/val/loss", "best/epoch"]
 
 
-def start(*args: str, cwd: Path) -> subprocess.Popen:
+def start(spawn, *args: str, cwd: Path) -> subprocess.Popen:
     output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
-    return subprocess.Popen(cli_command(*args), cwd=cwd, env=cli_env(), **output)
+    return spawn(cli_command(*args), cwd=cwd, env=cli_env(), **output)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -40,10 +40,10 @@ def by_name(client: MlflowClient) -> dict[str, object]:
     return {r.info.run_name: r for r in runs}
 
 
-def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, cache_dir):
+def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, cache_dir, spawn):
     store = store_overrides(tmp_path, cache_dir)
     folder = tmp_path / "cut"
-    proc = start(*store, *TRAINING, "tracking.run_name=cut", f"hydra.run.dir={folder}", cwd=tmp_path)
+    proc = start(spawn, *store, *TRAINING, "tracking.run_name=cut", f"hydra.run.dir={folder}", cwd=tmp_path)
     wait_for(folder / "checkpoints" / "last.ckpt", proc)  # one epoch is done, the next is training
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -74,9 +74,10 @@ def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
         assert cut.data.metrics[key] == whole.data.metrics[key], key
 
 
-def test_sigterm_stops_a_sweep_and_resume_completes_it(tmp_path, cache_dir):
+def test_sigterm_stops_a_sweep_and_resume_completes_it(tmp_path, cache_dir, spawn):
     sweep = tmp_path / "sw"
     proc = start(
+        spawn,
         "-m",
         *store_overrides(tmp_path, cache_dir),
         *TRAINING,
@@ -113,7 +114,7 @@ def test_a_run_folder_is_not_reused_for_another_config(make_cfg):
 
     overrides = ["trainer=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
     train(make_cfg(*overrides))
-    refused = r"holds run \w+, started with other values of seed, tracking.run_name: give this run its own"
+    refused = r"holds run \w+, started with other values of seed: give this run its own"
     with pytest.raises(ValueError, match=refused):
         train(make_cfg(*overrides, "seed=2"))
     metrics, objects = train(make_cfg(*overrides))  # the same config again: that finished run, not a new one

@@ -17,12 +17,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR, data
+from signglove_exp import data
 from signglove_exp.card import load_model
 from signglove_exp.metrics import classification_metrics
 from signglove_exp.reporting import figures
 from signglove_exp.training.train import train
-from tests.conftest import cli_command, cli_env, compose_config, run_cli, store_overrides
+from tests.conftest import cli_command, cli_env, compose_config, episodes_root, run_cli, store_overrides
 
 TEST_METRICS = ["test/acc", "test/balanced_acc", "test/f1_macro", "test/precision_macro", "test/recall_macro"]
 
@@ -37,7 +37,7 @@ def all_artifacts(client: MlflowClient, run_id: str, path: str | None = None) ->
 def test_run_logs_flat_params_and_overrides(cli_run):
     _, run, _, _ = cli_run
     p = run.data.params
-    assert run.info.status == "FINISHED" and run.info.run_name == "gru-seed7"
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("gru-seed7-")
     assert p["model.name"] == "gru" and p["data.seq_len"] == "87" and p["optimizer.lr"] == "0.001"
     assert p["trainer.max_epochs"] == "3" and p["split.strategy"] == "stratified"
     assert "model=gru" in p["overrides"] and "seed=7" in p["overrides"]
@@ -49,13 +49,32 @@ def test_run_logs_per_epoch_and_test_metrics(cli_run):
         assert len(client.get_metric_history(run.info.run_id, key)) == 3, key
     for key in TEST_METRICS:
         assert 0.0 <= run.data.metrics[key] <= 1.0
-    assert run.data.metrics["model/n_params"] == 25_624
+    assert run.data.params["model.n_params"] == "25624"
     assert run.data.metrics["test/recall_macro"] == pytest.approx(run.data.metrics["test/balanced_acc"])
+
+
+def test_the_mlflow_ui_shows_a_model_training_run_with_its_dataset_and_clean_names(cli_run):
+    client, run, _, output = cli_run
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI view
+    (dataset,) = run.inputs.dataset_inputs
+    assert (
+        dataset.dataset.name == "signglove"
+        and dataset.dataset.digest == run.data.tags["data.fingerprint"][:36]
+    )
+    assert json.loads(dataset.dataset.profile) == {"train": 1729, "val": 577, "test": 577}
+    for key, value in run.data.params.items():  # the user's settings: no Hydra plumbing, no folders
+        assert not key.endswith(("_target_", "_partial_")) and not value.startswith("/"), (key, value)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [0, 1, 2]  # epochs
+    assert all(re.fullmatch(r"[a-z]+(/[a-z0-9_]+)+", k) for k in run.data.metrics), sorted(run.data.metrics)
+    assert "epoch" not in run.data.metrics and "model/n_params" not in run.data.metrics  # a param
+    assert "v_num" not in output and "Seed set to" not in output and "Creating initial MLflow" not in output
+    assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in output
 
 
 def test_run_tags_commit_and_data_fingerprint(cli_run):
     _, run, _, _ = cli_run
-    corpus = data.load_corpus(PROJECT_DIR / "data" / "signglove", ["ㄱ"], ["flex1"], 1)
+    corpus = data.load_corpus(episodes_root(), ["ㄱ"], ["flex1"], 1)
     assert run.data.tags["data.fingerprint"] == corpus.fingerprint
     assert run.data.tags["mlflow.source.git.commit"] not in ("", "unknown")
 
@@ -153,7 +172,7 @@ def test_sweep_trains_all_four_models_as_one_group(tmp_path, cache_dir):
             line for line in table.splitlines() if line.startswith(f"| {r.data.params['model.name']} |")
         )
         assert (
-            f"{r.data.metrics['test/acc']:.4f}" in row and f"{int(r.data.metrics['model/n_params']):,}" in row
+            f"{r.data.metrics['test/acc']:.4f}" in row and f"{int(r.data.params['model.n_params']):,}" in row
         )
 
 
@@ -161,14 +180,14 @@ def runs_by(client: MlflowClient, param: str) -> tuple[object, dict[str, object]
     """A sweep's parent run and its child runs keyed by one param's value."""
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    return parent, {r.data.params[param]: r for r in runs if r is not parent}
+    return parent, {r.data.params.get(param): r for r in runs if r is not parent}  # params may be on the way
 
 
 @pytest.mark.parametrize(
     "launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["serial", "joblib"]
 )
-def test_ctrl_c_ends_every_run_of_a_sweep_and_reports_what_finished(tmp_path, cache_dir, launcher):
-    sweep = subprocess.Popen(
+def test_ctrl_c_ends_every_run_of_a_sweep_and_reports_what_finished(tmp_path, cache_dir, launcher, spawn):
+    sweep = spawn(
         cli_command(
             "-m",
             *store_overrides(tmp_path, cache_dir),
@@ -181,7 +200,6 @@ def test_ctrl_c_ends_every_run_of_a_sweep_and_reports_what_finished(tmp_path, ca
         ),
         cwd=tmp_path,
         env=cli_env(),
-        start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under nohup
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

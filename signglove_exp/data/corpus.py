@@ -54,14 +54,13 @@ class Corpus:
         return [(e.path, e.reason) for e in self.episodes if e.reason] + self.unlabelled + self.problems
 
 
-def ensure_unpacked(root: str | Path, archive: str | Path | None) -> Path:
-    """Unpack the bundled archive on first use, into its own folder only (`data/signglove.tar.xz` into
-    `data/signglove`); any other root is used as it is, and a missing one is an error, never filled."""
-    root = Path(root)
+def ensure_unpacked(cfg_data) -> Path:
+    """data.root, with the bundled archive unpacked on first use when the root is `data.unpack_to`
+    (the default); any other root is used as it is, and a missing one is an error, never filled."""
+    root, archive, home = Path(cfg_data.root), cfg_data.get("archive"), cfg_data.get("unpack_to")
     if root.is_dir():
         return root
-    home = Path(archive).parent / Path(archive).name.split(".")[0] if archive else None
-    if home is None or root.resolve() != home.resolve() or not Path(archive).is_file():
+    if not (archive and home and root.resolve() == Path(home).resolve() and Path(archive).is_file()):
         raise FileNotFoundError(f"data.root {root} does not exist")
     print(f"Unpacking {archive} into {root} (first use) ...", flush=True)
     with tempfile.TemporaryDirectory(dir=root.parent if root.parent.is_dir() else None) as tmp:
@@ -194,6 +193,8 @@ def load_corpus(
     if cache and cache.is_file():
         corpus = _read_cache(cache, root, classes, channels, fingerprint)
     else:
+        if cache:
+            print(f"Reading {len(files)} episode files (once; then from {cache.parent}) ...", flush=True)
         corpus = _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint)
         if cache:
             _write_cache(cache, corpus)

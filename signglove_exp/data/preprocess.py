@@ -80,19 +80,26 @@ def check_settings(cfg_data) -> None:
             raise ValueError(f"data.{key} names {', '.join(map(str, doubled))} more than once")
 
 
-def check_usable(corpus: Corpus) -> None:
-    """No usable episode at all is an error that says why, e.g. a channel no file has."""
-    if any(e.reason is None for e in corpus.episodes):
-        return
-    reasons = Counter(r for _, r in corpus.rejected)
-    common = "; ".join(f"{n} file(s): {r}" for r, n in reasons.most_common(3)) or "no labelled episode"
-    raise ValueError(f"no usable episode under data.root {corpus.root} ({common})")
+def check_usable(corpus: Corpus, allow_missing_classes: bool) -> None:
+    """No usable episode at all is an error that says why (e.g. a channel no file has); so is a class
+    with no episode, unless allowed: a model trained without it can never predict it."""
+    if not any(e.reason is None for e in corpus.episodes):
+        reasons = Counter(r for _, r in corpus.rejected)
+        common = "; ".join(f"{n} file(s): {r}" for r, n in reasons.most_common(3)) or "no labelled episode"
+        raise ValueError(f"no usable episode under data.root {corpus.root} ({common})")
+    present = {e.label for e in corpus.episodes if e.reason is None}
+    missing = [c for k, c in enumerate(corpus.classes) if k not in present]
+    if missing and not allow_missing_classes:
+        raise ValueError(
+            f"data.classes {' '.join(missing)} have no usable episode under data.root {corpus.root}: leave "
+            "them out of data.classes, or set data.allow_missing_classes=true"
+        )
 
 
 def prepare(cfg_data, cfg_split, scaler: dict | None = None) -> Prepared:
     """The whole data path of one run: corpus -> split -> scaler (train only, or `scaler`) -> arrays."""
     check_settings(cfg_data)
-    root = ensure_unpacked(cfg_data.root, cfg_data.get("archive"))
+    root = ensure_unpacked(cfg_data)
     corpus = load_corpus(
         root,
         list(cfg_data.classes),
@@ -102,7 +109,7 @@ def prepare(cfg_data, cfg_split, scaler: dict | None = None) -> Prepared:
         cfg_data.on_bad_file,
         cfg_data.get("cache_dir"),
     )
-    check_usable(corpus)
+    check_usable(corpus, cfg_data.get("allow_missing_classes", False))
     parts = split(corpus, cfg_split)
     eps = corpus.episodes
     if scaler is None:

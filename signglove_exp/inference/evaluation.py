@@ -24,7 +24,7 @@ def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus
     cfg = OmegaConf.create(rec.card.config)
     if root is None:
         corpus = data.load_corpus(
-            data.ensure_unpacked(cfg.data.root, cfg.data.get("archive")),
+            data.ensure_unpacked(cfg.data),
             rec.classes,
             rec.channels,
             cfg.data.min_len,

@@ -14,9 +14,14 @@ from scipy import stats
 
 from signglove_exp.reporting import figures
 
-METRICS = [("test/acc", "test acc"), ("test/balanced_acc", "bal. acc"), ("test/f1_macro", "macro F1")]
+METRICS = [
+    ("test/acc", "test acc"),
+    ("test/balanced_acc", "test bal. acc"),
+    ("test/f1_macro", "test macro F1"),
+]
+SHARED_CPU = "signglove.cpu_shared"  # tag of a run trained beside other jobs: its timings are inflated
 # params that differ between runs of one sweep without making them different experiments
-RUN_SPECIFIC = ("paths.", "callbacks.model_checkpoint.dirpath", "tracking.run_name", "overrides", "model.")
+RUN_SPECIFIC = ("tracking.run_name", "overrides", "model.", "data.n_")
 
 
 def _fmt(value, spec: str) -> str:
@@ -37,7 +42,7 @@ def sweep_table(runs: list[dict]) -> str:
         "| model | "
         + "".join(f"{k} | " for k in varying)
         + "params | test acc | test bal. acc | test macro F1 "
-        "| best epoch | wall s | status |",
+        "| best epoch | train s | status |",
         "|---|" + "---|" * len(varying) + "---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
@@ -45,9 +50,9 @@ def sweep_table(runs: list[dict]) -> str:
         lines.append(
             f"| {p.get('model.name', '?')} | "
             + "".join(f"{p.get(k, '-')} | " for k in varying)
-            + f"{_fmt(m.get('model/n_params'), ',')} | {_fmt(m.get('test/acc'), '.4f')} "
+            + f"{_fmt(p.get('model.n_params'), ',')} | {_fmt(m.get('test/acc'), '.4f')} "
             f"| {_fmt(m.get('test/balanced_acc'), '.4f')} | {_fmt(m.get('test/f1_macro'), '.4f')} "
-            f"| {_fmt(m.get('best_epoch'), 'd')} | {_fmt(m.get('time/train_s'), '.0f')} | {r['status']} |"
+            f"| {_fmt(m.get('best/epoch'), 'd')} | {_fmt(m.get('time/train_s'), '.0f')} | {r['status']} |"
         )
     return "\n".join(lines)
 
@@ -158,15 +163,20 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
         f"{len(runs)} finished runs. Mean +- sample std [95% t-interval of the mean].",
         "",
     ]
+    shared = sum(r["tags"].get(SHARED_CPU) == "true" for r in runs)
+    latency_label = "latency ms *" if shared else "latency ms"
     head = "| model | runs | params | " + " | ".join(label for _, label in METRICS)
-    lines += [head + " | train s | latency ms |", "|---|---:|---:|" + "---|" * len(METRICS) + "---:|---:|"]
+    lines += [
+        head + f" | train s | {latency_label} |",
+        "|---|---:|---:|" + "---|" * len(METRICS) + "---:|---:|",
+    ]
     for model, rs in groups.items():
         cells = []
         for key, _ in METRICS:
             s = summarise([r["metrics"][key] for r in rs])
             interval = f" [{s['lo']:.4f}, {s['hi']:.4f}]" if s["n"] > 1 else ""
             cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}{interval}" if s["n"] > 1 else f"{s['mean']:.4f}")
-        n_params = rs[0]["metrics"].get("model/n_params")
+        n_params = rs[0]["params"].get("model.n_params")
         train_s = _mean_of(rs, "time/train_s")
         latency = _mean_of(rs, "time/latency_ms")
         lines.append(
@@ -175,23 +185,32 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
             + f" | {_fmt(train_s, '.0f')} | {_fmt(latency, '.2f')} |"
         )
 
+    if shared:
+        lines += [
+            "",
+            f"\\* {shared} of {len(runs)} runs trained beside other jobs on the same CPU: their training "
+            "time and latency are inflated; `make bench` measures latency alone.",
+        ]
+
     best, tests = paired_tests(runs)
-    lines += [
-        "",
-        f"## Is {best}'s lead real? (paired over shared seeds/folds/signers, test acc)",
-        "",
-        "| vs | pairs | mean lead | wins | paired t-test p |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for t in tests:
-        p = "n/a" if np.isnan(t["p"]) else f"{t['p']:.4f}"
-        lines.append(f"| {t['model']} | {t['n']} | {t['diff']:+.4f} | {t['wins']}/{t['n']} | {p} |")
-    lines += [
-        "",
-        "p < 0.05 marks a lead unlikely to be seed/fold luck. With few pairs the test has little power: "
-        "a large p means not shown, not no difference.",
-        "",
-    ]
+    tests = [t for t in tests if t["n"] > 0]
+    if tests:  # nothing to pair (one model, or no shared seed/fold/signer): no table of empty tests
+        lines += [
+            "",
+            f"## Is {best}'s lead real? (paired over shared seeds/folds/signers, test acc)",
+            "",
+            "| vs | pairs | mean lead | wins | paired t-test p |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for t in tests:
+            p = "n/a" if np.isnan(t["p"]) else f"{t['p']:.4f}"
+            lines.append(f"| {t['model']} | {t['n']} | {t['diff']:+.4f} | {t['wins']}/{t['n']} | {p} |")
+        lines += [
+            "",
+            "p < 0.05 marks a lead unlikely to be seed/fold luck. With few pairs the test has little power: "
+            "a large p means not shown, not no difference.",
+        ]
+    lines.append("")
 
     summed = {m: sum(r["confusion"] for r in rs) for m, rs in groups.items()}
     lines += ["## Most confused pairs (true -> predicted, summed over runs)", ""]

@@ -13,7 +13,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from signglove_exp.tracking.store import DEFAULT_OUTPUTS, resolve_uri
+from signglove_exp import default_outputs
+from signglove_exp.tracking.store import resolve_uri
 
 
 @dataclass
@@ -110,7 +111,7 @@ def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | 
     ckpts = [a for a in client.list_artifacts(run_id, "checkpoints") if a.path.endswith(".ckpt")]
     if not ckpts:
         raise ValueError(f"run {run_id} logged no checkpoint under checkpoints/")
-    dest = Path(dest or DEFAULT_OUTPUTS / "models" / run_id)
+    dest = Path(dest or default_outputs() / "models" / run_id)
     cached = dest / Path(ckpts[0].path).name
     if cached.is_file() and ckpts[0].file_size in (None, cached.stat().st_size):
         return cached  # a store that lists no size cannot be checked against

@@ -28,6 +28,7 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # start_r
 from mlflow.types import ColSpec
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import MLFlowLogger
+from requests.exceptions import RequestException
 
 from signglove_exp.card import CARD_KEY, ModelCard
 from signglove_exp.tracking.store import (
@@ -73,6 +74,9 @@ class RunLogger(MLFlowLogger):
         self.offline: str | None = None  # why the store is no longer used, once it failed
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if "epoch" in metrics:  # curves are per epoch: the epoch is the step, not a metric of its own
+            metrics = dict(metrics)
+            step = int(metrics.pop("epoch"))
         if step is not None:
             metrics = {k: v for k, v in metrics.items() if step > self.logged_through.get(k, -1)}
         if not metrics:
@@ -89,7 +93,7 @@ class RunLogger(MLFlowLogger):
             return
         try:
             call()
-        except Exception as error:  # MLflow wraps connection errors in several types; all mean the same here
+        except (MlflowException, RequestException, OSError) as error:  # the store, not our code, failed
             self.offline = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             folder = self.local_file.parent if self.local_file else "the run folder"
             print(
@@ -189,12 +193,27 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def log_params(client: MlflowClient, run_id: str, cfg: DictConfig, overrides: list[str]) -> None:
-    """Every resolved config value as a dotted param, and the command-line overrides.
+NOT_PARAMS = (
+    "paths.",
+    "data.root",
+    "data.archive",
+    "data.unpack_to",
+    "data.cache_dir",
+)  # places, not settings
+
+
+def log_params(client: MlflowClient, run_id: str, cfg: DictConfig, overrides: list[str], facts: dict) -> None:
+    """The user's settings as dotted params (no `_target_`/`_partial_`, no folders: the run folder is
+    a tag, the data a dataset input), the command-line overrides, and `facts` such as sizes.
 
     Through the client, not `log_hyperparams`, which cuts values at 250 characters.
     """
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = {
+        k: v
+        for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+        if not k.startswith(NOT_PARAMS) and not k.endswith(("._target_", "._partial_", ".dirpath"))
+    }
+    params.update({k: str(v) for k, v in facts.items()})
     params["overrides"] = " ".join(overrides) or "(none)"
     items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
@@ -250,10 +269,41 @@ def log_evaluation(
     return run_id
 
 
+def system_monitor(uri: str, run_id: str):
+    """MLflow's sampler of CPU, memory and disk use, logging system/* metrics to the run until finished."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the run opens in the MLflow UI: the server itself, or `make ui` for a local store."""
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    hint = "" if uri.startswith("http") else "  (make ui, or: mlflow ui --backend-store-uri " + uri + ")"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{hint}"
+
+
+def log_dataset(
+    client: MlflowClient, run_id: str, name: str, fingerprint: str, root: Path, sizes: dict
+) -> None:
+    """The episodes as an MLflow dataset input (name, digest = data fingerprint, source, part sizes), so
+    the run table's Dataset column and the run page show what a run was trained on."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = json.dumps({"uri": str(Path(root).resolve())})
+    entity = Dataset(name, fingerprint[:36], "local", source, profile=json.dumps(sizes))
+    client.log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
+
+
 def log_report(uri: str | None, run_id: str, files: list[Path]) -> None:
     client = MlflowClient(resolve_uri(uri))
     for f in files:
         client.log_artifact(run_id, str(f), "report")
+
+
+logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # its note on validating the input example
 
 
 def log_pyfunc(uri: str, run_id: str, checkpoint: Path, example_csv: Path, card: ModelCard) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -12,19 +13,21 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import PROJECT_DIR
+from signglove_exp import default_outputs
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # our own lines say where runs are
-DEFAULT_OUTPUTS = PROJECT_DIR / "outputs"
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # a new store's migration steps
+    logging.getLogger(_name).setLevel(logging.WARNING)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training views
 
 
-def resolve_uri(uri: str | None, outputs: str | Path = DEFAULT_OUTPUTS) -> str:
+def resolve_uri(uri: str | None, outputs: str | Path | None = None) -> str:
     """The given URI, else $MLFLOW_TRACKING_URI, else an SQLite store under `outputs`."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    outputs = Path(outputs).resolve()
+    outputs = Path(outputs or default_outputs()).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{outputs / 'mlflow.db'}"
 
@@ -61,9 +64,11 @@ def experiment_id(uri: str, name: str) -> tuple[MlflowClient, str]:
             if uri.startswith("sqlite:///"):
                 location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
             try:
-                return client, client.create_experiment(name, artifact_location=location)
+                return client, client.create_experiment(name, location, tags=EXPERIMENT_KIND)
             except MlflowException:  # created meanwhile by a process on another machine
                 exp = client.get_experiment_by_name(name)
+        if "mlflow.experimentKind" not in exp.tags:  # a store made by an earlier release
+            client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
     return client, exp.experiment_id
 
 

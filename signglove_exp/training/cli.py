@@ -18,18 +18,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from signglove_exp import PROJECT_DIR
+from signglove_exp import BUNDLED_DIR, CONF_DIR
 
-OmegaConf.register_new_resolver("project_dir", lambda: str(PROJECT_DIR), replace=True)
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+OmegaConf.register_new_resolver("bundled_dir", lambda: str(BUNDLED_DIR), replace=True)
 
 
 def compose(*overrides: str) -> DictConfig:
     """The config the CLI would compose, for code and tests that run without `@hydra.main`."""
-    with hydra.initialize_config_dir(str(PROJECT_DIR / "conf"), version_base="1.3"):
+    with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return hydra.compose("config", overrides=list(overrides))
 
 
-@hydra.main(version_base="1.3", config_path=str(PROJECT_DIR / "conf"), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     from signglove_exp.training.train import objective, train
 

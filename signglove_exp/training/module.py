@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
@@ -44,7 +45,7 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, lengths, y = batch
         loss = self.loss(self(x, lengths), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=True)
         return loss
 
     def _eval_step(self, batch):
@@ -64,7 +65,11 @@ class Classifier(pl.LightningModule):
     def on_validation_epoch_end(self):
         loss, pred, y = self._gather()
         m = classification_metrics(y, pred)
-        self.log_dict({"val/loss": loss, "val/acc": m["acc"], "val/f1_macro": m["f1_macro"]})
+        self.log_dict({"val/loss": loss, "val/acc": m["acc"]}, prog_bar=True)
+        self.log("val/f1_macro", m["f1_macro"])
+
+    def on_train_epoch_end(self):
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch)
@@ -106,6 +111,15 @@ class Classifier(pl.LightningModule):
         self.train(was_training)
         loss = float(self.loss(logits, torch.from_numpy(y)))
         return {"loss": loss, **classification_metrics(y, logits.argmax(1).numpy())}
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's bar, showing train/loss, val/loss and val/acc but not the logger's version number."""
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
 
 
 @torch.no_grad()

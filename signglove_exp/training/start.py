@@ -61,9 +61,10 @@ def starting_point(cfg: DictConfig) -> Start:
 
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """The dotted keys whose resolved values differ between a run's saved config and `cfg`."""
+    """The dotted keys whose resolved values differ between a run's saved config and `cfg` (the run
+    name, which holds the time it started, aside)."""
     a, b = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "tracking.run_name")
 
 
 def _fresh(cfg: DictConfig) -> Start:

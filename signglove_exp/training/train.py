@@ -22,15 +22,19 @@ from signglove_exp import data
 from signglove_exp.card import ModelCard
 from signglove_exp.models import build_model
 from signglove_exp.reporting import figures
+from signglove_exp.reporting.compare import SHARED_CPU
 from signglove_exp.tracking import runs, sweep
 from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import tracking_uri
 from signglove_exp.training.finetune import freeze
-from signglove_exp.training.module import Classifier, latency_ms
+from signglove_exp.training.module import Classifier, ProgressBar, latency_ms
 from signglove_exp.training.resume_state import ResumeState
 from signglove_exp.training.start import Start, starting_point
 
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+NOISE = ("Tip:", "available:", "Restoring states from", "Loaded model weights from", "was configured so 100%")
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
+    lambda r: not any(n in r.getMessage() for n in NOISE)  # Lightning's banners: not what a user needs
+)
 warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13, not ours to fix
 
 
@@ -100,12 +104,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     module = Classifier(
         net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card
     )
+    if start.run_id is None and sweep_parent():  # jobs starting in the same second: the job number tells
+        cfg.tracking.run_name = f"{cfg.tracking.run_name}-job{HydraConfig.get().job.num}"
     logger = runs.make_logger(cfg, run_tags(cfg, prepared, start, out_dir), start.run_id, out_dir)
     runs.write_record(out_dir / runs.RUN_RECORD, run_id=logger.run_id, tracking_uri=tracking_uri(cfg))
     if start.run_id is None:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        logger.send(lambda: runs.log_params(logger.experiment, logger.run_id, cfg, overrides), "params")
+        facts = run_facts(prepared, net)
+        client, run_id, corpus = logger.experiment, logger.run_id, prepared.corpus
+        logger.send(lambda: runs.log_params(client, run_id, cfg, overrides, facts), "params")
+        sizes = {p: len(i) for p, i in prepared.parts.items()}
+        logger.send(
+            lambda: runs.log_dataset(
+                client, run_id, corpus.root.name, corpus.fingerprint, corpus.root, sizes
+            ),
+            "the dataset",
+        )
     elif start.kind == "resume":
         epoch = torch.load(start.checkpoint, map_location="cpu", weights_only=True)["epoch"]
         print(f"Resuming run {start.run_id} after epoch {epoch + 1}, from {start.checkpoint}")
@@ -115,14 +130,27 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         runs.end_run(logger, out_dir, runs.stopped_status(error), error)
         raise
     runs.end_run(logger, out_dir, "FINISHED")
-    where = f"MLflow run {logger.run_id} at {tracking_uri(cfg)}"
-    if logger.offline:
-        where = f"kept in {out_dir}, not yet in MLflow: python -m signglove_exp.upload {out_dir}"
     print(
-        f"{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
-        f"(best epoch {metrics['best_epoch']}); {where}"
+        f"\n{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
+        f"(best epoch {int(metrics['best/epoch'])}, validation loss {metrics['best/val/loss']:.4f})\n"
+        f"Run folder: {out_dir}"
     )
+    if logger.offline:
+        print(f"Not yet in MLflow (the store went away): python -m signglove_exp.upload {out_dir}")
+    else:
+        print(f"MLflow run: {runs.run_link(tracking_uri(cfg), logger.experiment_id, logger.run_id)}")
     return metrics, {"prepared": prepared, "module": module, "run_id": logger.run_id, "best_checkpoint": best}
+
+
+def run_facts(prepared: data.Prepared, net) -> dict[str, int]:
+    """Sizes that are fixed once a run starts: params, not metrics."""
+    return {
+        "model.n_params": sum(p.numel() for p in net.parameters()),
+        "model.n_trained": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        **{f"data.n_{p}": len(i) for p, i in prepared.parts.items()},
+        "data.n_rejected": len(prepared.corpus.rejected),
+        "data.n_duplicates": len(prepared.duplicates),
+    }
 
 
 def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Path) -> dict[str, str]:
@@ -131,6 +159,9 @@ def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Pa
     parent = sweep_parent()
     if parent:
         tags.update({"mlflow.parentRunId": parent["run_id"], "sweep": parent["sweep"]})
+        launcher = HydraConfig.get().launcher
+        if "joblib" in launcher.get("_target_", "") and launcher.get("n_jobs", 1) != 1:
+            tags[SHARED_CPU] = "true"  # its time and latency are measured beside other jobs
     if start.lineage:
         tags["signglove.init_from"] = start.lineage["source"]
         if start.lineage["source_run"]:
@@ -140,18 +171,6 @@ def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Pa
 
 
 def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_dir: Path, start: Start):
-    n_params = sum(p.numel() for p in module.net.parameters())
-    n_trained = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
-    sizes = {f"data/n_{p}": len(i) for p, i in prepared.parts.items()}
-    logger.log_metrics(
-        {
-            "model/n_params": n_params,
-            "model/n_trained": n_trained,
-            **sizes,
-            "data/n_rejected": len(prepared.corpus.rejected),
-            "data/n_duplicates": len(prepared.duplicates),
-        }
-    )
     reports = data.write_reports(prepared, out_dir)
     if prepared.corpus.rejected:
         n_bad = len(prepared.corpus.rejected)
@@ -167,12 +186,19 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
     val_loader = loader(prepared.arrays["val"], cfg.data.eval_batch_size)
     resume_state = ResumeState(shuffle)
     callbacks = [*(instantiate(c) for c in cfg.callbacks.values()), resume_state]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(ProgressBar())
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir)
     )
-    trainer.fit(
-        module, train_loader, val_loader, ckpt_path=start.checkpoint if start.kind == "resume" else None
-    )
+    monitor = runs.system_monitor(tracking_uri(cfg), logger.run_id) if cfg.tracking.system_metrics else None
+    try:
+        trainer.fit(
+            module, train_loader, val_loader, ckpt_path=start.checkpoint if start.kind == "resume" else None
+        )
+    finally:
+        if monitor:
+            monitor.finish()
     train_s = resume_state.elapsed_s()
     best = trainer.checkpoint_callback.best_model_path
     test_loader = loader(prepared.arrays["test"], cfg.data.eval_batch_size)
@@ -183,10 +209,9 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
     metrics.update(
         {
             **{f"best/val/{k}": v for k, v in validation.items() if k in ("loss", "acc", "f1_macro")},
-            "best_epoch": torch.load(best, map_location="cpu", weights_only=True)["epoch"]
+            "best/epoch": torch.load(best, map_location="cpu", weights_only=True)["epoch"]
             if best
             else trainer.current_epoch,
-            "model/n_params": n_params,
             "time/train_s": train_s,
             "time/epoch_s": train_s / max(trainer.current_epoch, 1),
             "time/latency_ms": latency_ms(module.net.cpu(), x_test, len_test),

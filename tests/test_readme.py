@@ -1,0 +1,143 @@
+"""Every command in the README's command blocks works as written, in a fresh folder, as a user types it.
+
+Commands that train for minutes run composed only (`--cfg job`, the first job of a multirun); the
+others run for real after a short training run in the same folder, with the README's placeholders
+(RUN_ID, a.csv, ...) replaced by real things. A README command missing from CHECKS fails the test.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import BUNDLED_DIR, PACKAGE_DIR
+from tests.conftest import cli_env, episodes_root
+
+README = PACKAGE_DIR.parent / "README.md"
+COMPOSE, RUN, MAKE = "compose", "run", "make"
+CHECKS = {
+    "make train": MAKE,  # the README's own two commands: CI runs `make test`; `make train` is timed by hand
+    "make test": MAKE,
+    "python -m signglove_exp": COMPOSE,
+    "python -m signglove_exp model=ms3d_stacked_gru": COMPOSE,
+    "python -m signglove_exp model=gru seed=7 optimizer.lr=3e-3 trainer.max_epochs=50": COMPOSE,
+    "python -m signglove_exp trainer=debug": RUN,
+    "python -m signglove_exp sweep=all_models": COMPOSE,
+    "python -m signglove_exp -m model=gru,stacked_gru seed=1,2,3": COMPOSE,
+    "python -m signglove_exp --cfg job": RUN,
+    "python -m signglove_exp resume=outputs/runs/2026-11-26_08-00-00_gru": RUN,
+    "python -m signglove_exp init_from=RUN_ID finetune.train=head": RUN,
+    "python -m signglove_exp resume=RUN_FOLDER": RUN,
+    "python -m signglove_exp.upload outputs/runs/2026-11-26_08-00-00_gru": RUN,
+    "python -m signglove_exp sweep=seeds": COMPOSE,
+    "python -m signglove_exp sweep=folds": COMPOSE,
+    "python -m signglove_exp sweep=signers": COMPOSE,
+    "python -m signglove_exp sweep=signers data=no_yaw": COMPOSE,
+    "python -m signglove_exp sweep=seeds hydra/launcher=joblib hydra.launcher.n_jobs=2": COMPOSE,
+    "python -m signglove_exp.report --sweep 2026-11-25_10-05-39": RUN,
+    "python -m signglove_exp.report --filter \"params.split.strategy = 'by_signer'\"": RUN,
+    "python -m signglove_exp.evaluate RUN_ID": RUN,
+    "python -m signglove_exp.evaluate RUN_ID --data /path/to/new/signer": RUN,
+    "python -m signglove_exp.describe RUN_ID": RUN,
+    "python -m signglove_exp.recognize RUN_ID a.csv folder/ --out predictions.csv": RUN,
+    "python -m signglove_exp.recognize model.ckpt --stream -": RUN,
+    "python -m signglove_exp.recognize model.ckpt --stream capture.csv --follow": RUN,
+    "python -m signglove_exp.export RUN_ID --out gru.onnx": RUN,
+    "python -m signglove_exp.recognize gru.onnx a.csv": RUN,
+    "MLFLOW_TRACKING_URI=sqlite:///$PWD/outputs/mlflow.db mlflow models predict -m runs:/RUN_ID/model "
+    "-i episode.csv -t csv --env-manager local": RUN,
+}
+SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=3"]  # appended to the training commands run
+
+
+def readme_commands() -> list[str]:
+    """Each line of each ```bash block, comments and surplus spaces removed."""
+    text = README.read_text(encoding="utf-8")
+    lines = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    return [" ".join(line.split("  #")[0].split()) for line in lines if line.strip()]
+
+
+def test_every_readme_command_is_checked():
+    assert set(readme_commands()) == set(CHECKS)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A user's folder after `python -m signglove_exp trainer=debug`, with a few episodes to recognise."""
+    home = tmp_path_factory.mktemp("user")
+    episodes = sorted(episodes_root().rglob("episode_*.csv"))[::400]
+    (home / "folder").mkdir()
+    for i, f in enumerate(episodes):
+        shutil.copy(f, home / "folder" / f"{i}.csv")
+    shutil.copy(episodes[0], home / "a.csv")
+    shutil.copy(episodes[1], home / "episode.csv")
+    shutil.copy(episodes[2], home / "capture.csv")
+    shutil.copy(BUNDLED_DIR / "pretrained" / "gru-reference.ckpt", home / "model.ckpt")
+    signer = home / "new-signer" / "unified_XY"
+    for f in episodes:
+        rel = f.relative_to(episodes_root())
+        target = signer.joinpath(*rel.parts[-3:])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, target)
+    first = shell("python -m signglove_exp trainer=debug " + " ".join(SHORT), home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return home
+
+
+def shell(command: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The command through a shell, with this interpreter's folder first on PATH (python, mlflow)."""
+    env = cli_env() | {"PATH": f"{Path(sys.executable).parent}:{cli_env()['PATH']}"}
+    return subprocess.run(
+        command, shell=True, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=600
+    )
+
+
+def as_run(command: str, home: Path) -> str:
+    """The README's placeholders replaced by the real run, folder and sweep of `home`."""
+    client = MlflowClient(f"sqlite:///{home / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("signglove").experiment_id
+    runs = client.search_runs([experiment], order_by=["start_time"])
+    run_id = runs[0].info.run_id
+    run_folder = runs[0].data.tags["signglove.run_dir"]
+    sweeps = sorted((home / "outputs" / "multirun").glob("*"))
+    command = command.replace("outputs/runs/2026-11-26_08-00-00_gru", run_folder)
+    command = command.replace("RUN_FOLDER", run_folder)
+    command = command.replace("2026-11-25_10-05-39", sweeps[0].name if sweeps else "none")
+    command = command.replace("RUN_ID", run_id).replace("/path/to/new/signer", str(home / "new-signer"))
+    if command.startswith("python -m signglove_exp ") and "=" in command and "resume=" not in command:
+        command += " trainer=debug " + " ".join(SHORT)
+    if "--follow" in command:
+        command += " --idle 1"  # the README's follows a glove forever; here the file stops growing
+    return command
+
+
+@pytest.mark.parametrize("command", [c for c, how in CHECKS.items() if how == COMPOSE])
+def test_training_commands_compose_as_written(command, tmp_path):
+    words = command.split()
+    first_job = [w.split(",")[0] for i, w in enumerate(words) if not (i > 1 and w == "-m")]
+    proc = shell(" ".join(first_job) + " --cfg job", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_readme_commands_run_as_written(folder):
+    if not (folder / "outputs" / "multirun").exists():  # a sweep for `report --sweep`
+        two = "python -m signglove_exp -m split=stratified,by_signer trainer=debug tracking.log_model=false"
+        sweep = shell(f"{two} {' '.join(SHORT)}", folder)
+        assert sweep.returncode == 0, sweep.stderr[-3000:]
+    failed = []
+    for command, how in CHECKS.items():
+        if how != RUN:
+            continue
+        stdin = (folder / "capture.csv").read_text(encoding="utf-8") if "--stream -" in command else None
+        proc = shell(as_run(command, folder), folder, stdin)
+        if proc.returncode != 0:
+            failed.append(f"{command}\n  -> exit {proc.returncode}: {proc.stderr.strip()[-600:]}")
+    assert not failed, "\n".join(failed)
+    assert not (folder / "mlflow.db").exists() and not (folder / "mlruns").exists()  # no stray stores
+    assert (folder / "predictions.csv").is_file() and (folder / "gru.onnx").is_file()
