@@ -15,6 +15,7 @@ from scipy import stats
 
 from signglove_exp import data, evaluate, report
 from signglove_exp.reporting import compare
+from signglove_exp.tracking import queries as tracking_queries
 from signglove_exp.training.train import train
 from tests.conftest import compose_config, run_cli, store_overrides
 
@@ -181,6 +182,23 @@ def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert arts == {"report/report.md", "report/confusion_grid.png", "report/per_class_f1.png"}
     assert "Comparison report:" in stdout
+
+
+def test_a_report_flags_shared_cpu_timings_and_prints_no_empty_paired_tests(small_sweep, tmp_path):
+    client, runs, tmp, _ = small_sweep
+    selection = tracking_queries.RunSelection(
+        filter="params.`model.name` = 'gru'", uri=f"sqlite:///{tmp / 'mlflow.db'}"
+    )
+    gru_only, _ = tracking_queries.fetch_runs(selection)
+    gru_only[0]["tags"][compare.SHARED_CPU] = "true"
+    compare.build_report(gru_only, tmp_path, "one model")
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "paired" not in text  # one model: nothing to pair, so no table of empty tests
+    assert "latency ms * |" in text and "1 of 3 runs trained beside other jobs" in text
+    head = next(line for line in text.splitlines() if line.startswith("| model | runs |"))
+    table = next(line for line in text.splitlines() if line.startswith("| model | seed |"))
+    for name in ("test acc", "test bal. acc", "test macro F1", "train s"):  # one name per column
+        assert f"| {name} |" in head and f"| {name} |" in table
 
 
 def test_parallel_launcher_runs_jobs_at_once_under_one_parent(tmp_path, cache_dir):

@@ -283,6 +283,19 @@ def test_a_class_too_small_to_split_is_named_by_its_jamo(tmp_path):
         data.prepare(cfg.data, cfg.split)
 
 
+def test_classes_without_episodes_stop_the_run_unless_allowed(tmp_path):
+    root = tmp_path / "two"
+    copy_episodes(root, ["ㄱ", "ㄴ"], per_class=10)
+    classes = "data.classes=['ㄱ','ㄴ','ㅎ']"
+    cfg = compose_config(f"data.root={root}", "data.cache_dir=null", classes)
+    with pytest.raises(ValueError, match=r"data.classes ㅎ have no usable episode under data.root .*two"):
+        data.prepare(cfg.data, cfg.split)
+    cfg = compose_config(
+        f"data.root={root}", "data.cache_dir=null", classes, "data.allow_missing_classes=true"
+    )
+    assert len(data.prepare(cfg.data, cfg.split).corpus.classes) == 3
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random"])
 def test_a_damaged_checkpoint_is_a_clear_error_that_never_advises_unsafe_loading(tmp_path, damage):
     bad = tmp_path / "model.ckpt"
