@@ -61,7 +61,7 @@ class RunLogger(MLFlowLogger):
 
     Steps the run already holds are not logged again (an epoch a kill cut short is trained again,
     identically, after a resume), and the run is ended by `train`, after its test metrics and files
-    are in, not by Lightning at the end of fitting. Every metric is also kept in the run folder's
+    are in, never by Lightning. Every metric is also kept in the run folder's
     metrics.jsonl; when the store stops answering (after the bounded retries of `tracking.http_*`)
     the logger says so once and goes on locally: `python -m signglove_exp.upload RUN_FOLDER` sends
     the finished run when the store is back.
@@ -105,8 +105,8 @@ class RunLogger(MLFlowLogger):
             )
 
     def finalize(self, status: str = "success") -> None:
-        if status != "success":
-            super().finalize(status)
+        """Nothing: `train` ends the run (`end_run`). Lightning would mark an interrupted run FAILED
+        here, and a worker killed right after would leave it so instead of KILLED."""
 
 
 def bound_retries(cfg: DictConfig) -> None:
