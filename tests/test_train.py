@@ -72,6 +72,21 @@ def test_the_mlflow_ui_shows_a_model_training_run_with_its_dataset_and_clean_nam
     assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in output
 
 
+def test_system_metrics_are_an_option(make_cfg):
+    quick = [
+        "trainer=debug",
+        "trainer.max_epochs=6",
+        "trainer.limit_train_batches=1.0",
+        "tracking.log_model=false",
+    ]
+    cfg = make_cfg(*quick, "tracking.system_metrics_s=1")
+    _, objects = train(cfg)
+    metrics = MlflowClient(cfg.tracking.uri).get_run(objects["run_id"]).data.metrics
+    assert (
+        "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
+    )
+
+
 def test_run_tags_commit_and_data_fingerprint(cli_run):
     _, run, _, _ = cli_run
     corpus = data.load_corpus(episodes_root(), ["ㄱ"], ["flex1"], 1)

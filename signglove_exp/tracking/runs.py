@@ -269,11 +269,11 @@ def log_evaluation(
     return run_id
 
 
-def system_monitor(uri: str, run_id: str):
+def system_monitor(uri: str, run_id: str, every_s: float):
     """MLflow's sampler of CPU, memory and disk use, logging system/* metrics to the run until finished."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=uri)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, tracking_uri=uri)
     monitor.start()
     return monitor
 

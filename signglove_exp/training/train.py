@@ -191,7 +191,8 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir)
     )
-    monitor = runs.system_monitor(tracking_uri(cfg), logger.run_id) if cfg.tracking.system_metrics else None
+    every_s = cfg.tracking.system_metrics_s
+    monitor = runs.system_monitor(tracking_uri(cfg), logger.run_id, every_s) if every_s > 0 else None
     try:
         trainer.fit(
             module, train_loader, val_loader, ckpt_path=start.checkpoint if start.kind == "resume" else None
