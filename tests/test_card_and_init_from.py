@@ -84,6 +84,11 @@ def test_init_from_a_run_with_the_head_trained_changes_only_the_head(cli_run, tm
         == sum(after[k].numel() for k in head)
         < int(run.data.params["model.n_params"])
     )
+    # Started again in its folder (a requeue, resume=): the same run, though model= names another
+    # architecture, since a fine-tune's architecture comes from its source.
+    again = fine_tune(cli_run, tmp_path, cache_dir, "finetune.train=head", "seed=11", "model=ms3d_gru")
+    _, objects_again = train(again)
+    assert objects_again["start"].kind == "finished" and objects_again["run_id"] == objects["run_id"]
 
 
 def test_a_source_that_does_not_fit_the_data_is_a_clear_error(cli_run, tmp_path, cache_dir):

@@ -21,6 +21,8 @@ from signglove_exp.card import ModelCard, read_checkpoint
 from signglove_exp.tracking.runs import flatten, read_run_record
 from signglove_exp.tracking.store import tracking_uri
 
+ADOPTED = ("model.", "data.seq_len", "data.padding.")  # config keys a fine-tune takes from its source
+
 
 @dataclass
 class Start:
@@ -61,10 +63,11 @@ def starting_point(cfg: DictConfig) -> Start:
 
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
-    """The dotted keys whose resolved values differ between a run's saved config and `cfg` (the run
-    name, which holds the time it started, aside)."""
+    """The dotted keys whose resolved values differ between a run's saved config and `cfg`, aside from
+    the run name (it holds the time it started) and, for a fine-tune, what came from its source."""
     a, b = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "tracking.run_name")
+    aside = ("tracking.run_name", *(ADOPTED if saved.get("init_from") else ()))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(aside))
 
 
 def _fresh(cfg: DictConfig) -> Start:
@@ -74,7 +77,7 @@ def _fresh(cfg: DictConfig) -> Start:
     card, weights, _ = read_checkpoint(path)
     card.check_fits(cfg.data.classes, cfg.data.channels, f"init_from={cfg.init_from}")
     cfg = cfg.copy()
-    with open_dict(cfg):
+    with open_dict(cfg):  # what ADOPTED names
         cfg.model = {k: v for k, v in card.model.items() if k not in ("n_channels", "n_classes")}
         cfg.data.seq_len, cfg.data.padding = card.seq_len, dict(card.padding)
     lineage = {
@@ -104,7 +107,8 @@ def source_checkpoint(cfg: DictConfig) -> tuple[Path, str | None]:
         )
     except Exception as e:  # MLflow's errors for an unknown run or model are long; say it in one line
         raise ValueError(
-            f"init_from={source}: not a file, and no such MLflow run or model at {uri} ({e})"
+            f"init_from={source}: not a file, and no such MLflow run or model at {uri} "
+            f"({str(e).splitlines()[0][:200]})"
         ) from e
     run_id = source.split("/")[1] if source.startswith("runs:/") else None if ":/" in source else source
     return path, run_id
