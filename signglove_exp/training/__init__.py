@@ -1,2 +1,2 @@
 """The training room: where a run starts (`start`), the LightningModule (`module`), fine-tuning
-(`finetune`), exact resume (`resume_state`) and `train(cfg)` with its command (`train`)."""
+(`finetune`), exact resume (`resume_state`), `train(cfg)` (`train`) and the Hydra command (`cli`)."""

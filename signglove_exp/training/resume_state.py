@@ -22,10 +22,6 @@ class ResumeState(Callback):
         self.train_s = 0.0  # training time of earlier attempts, so time/train_s covers the whole run
         self._started = time.time()
 
-    @property
-    def state_key(self) -> str:
-        return "ResumeState"
-
     def elapsed_s(self) -> float:
         return self.train_s + time.time() - self._started
 
