@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 
-.PHONY: setup train sweep test lint ui bench clean
+.PHONY: setup train sweep test lint ui bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "Setting up $(VENV): signglove-exp and its dependencies (first time only; a few minutes)"
@@ -31,6 +31,9 @@ lint: setup
 
 bench: setup  ## inference latency table: four architectures, PyTorch vs ONNX Runtime
 	$(BIN)/python -m signglove_exp.bench $(ARGS)
+
+bench-train: setup  ## training speed against upstream's recipe, side by side (ARGS="--sweep" adds the full sweep)
+	$(BIN)/python -m signglove_exp.bench_train $(ARGS)
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port 5000

@@ -4,9 +4,6 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-# OpenMP threads that spin while waiting slow every other process on a busy machine many-fold.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "conf"  # the Hydra configs; --config-dir adds a folder of your own
 BUNDLED_DIR = PACKAGE_DIR / "bundled"  # the episode archive, the pretrained model, upstream's checkpoints

@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 READOUTS = ("last_real", "upstream")
 
@@ -79,6 +80,7 @@ class GRU(nn.Module):
         self.readout = readout
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = x[:, : recurrent_steps(lengths, x.shape[1], 0, self.readout)]
         if isinstance(self.RNN, nn.Sequential):
             seq, _ = self.RNN[1](self.RNN[0](x))
         else:
@@ -91,6 +93,95 @@ def StackedGRU(n_channels=8, n_classes=24, hidden=64, layers=2, dropout=0.2, rea
     return GRU(n_channels, n_classes, hidden, layers, dropout, 0, readout)
 
 
+class GridConv3d(nn.Conv3d):
+    """Upstream's Conv3d over a (time, rows, cols) volume, computed as exact 1-D convolutions over time.
+
+    Over a grid this small, a 3-D convolution with zero padding is a convolution over time whose
+    input channels are (cell, channel) pairs and whose outputs are (cell, filter) pairs, with weights
+    gathered from the 3-D kernel. Each row of output cells only sees the input rows within the
+    kernel's reach, so it gets its own convolution over just those: a 3 x 3 kernel on a 4 x 2 grid
+    then does 40 of the 64 cell-pair products. The parameters keep upstream's Conv3d shapes, so
+    checkpoints and state-dict keys are unchanged. Tensors are (batch, cells * channels, n_timepoints).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, grid: tuple[int, int]):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        rows, cols, half = *grid, kernel_size // 2
+        cells = [(r, c) for r in range(rows) for c in range(cols)]
+        # position of input cell j, seen from output cell i, in the flattened (k, k) spatial kernel;
+        # k * k (one past the end) points at an appended zero where j is out of reach
+        where = [
+            [
+                (rj - ri + half) * kernel_size + (cj - ci + half)
+                if abs(rj - ri) <= half and abs(cj - ci) <= half
+                else kernel_size * kernel_size
+                for rj, cj in cells
+            ]
+            for ri, ci in cells
+        ]
+        self.register_buffer("cell_index", torch.tensor(where).flatten(), persistent=False)
+        self.n_cells = len(cells)
+        # per output row: (first, last + 1) output cell and (first, last + 1) input cell in reach
+        self.row_blocks = [
+            (r * cols, (r + 1) * cols, max(r - half, 0) * cols, min(r + half + 1, rows) * cols)
+            for r in range(rows)
+        ]
+
+    def cell_weights(self) -> torch.Tensor:
+        """(out cells, filters, in cells, channels, k) from the (filters, channels, k, k, k) kernel."""
+        f, c, k = self.weight.shape[:3]
+        n = self.n_cells
+        spatial = torch.cat([self.weight.flatten(3), self.weight.new_zeros(f, c, k, 1)], dim=3)
+        w = spatial.index_select(3, self.cell_index).view(f, c, k, n, n)
+        return w.permute(3, 0, 4, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.cell_weights()
+        _, f, _, c, k = w.shape
+        blocks = []
+        for o0, o1, i0, i1 in self.row_blocks:
+            block_w = w[o0:o1, :, i0:i1].reshape((o1 - o0) * f, (i1 - i0) * c, k)
+            bias = None if self.bias is None else self.bias.repeat(o1 - o0)
+            blocks.append(F.conv1d(x[:, i0 * c : i1 * c], block_w, bias, padding=k // 2))
+        return torch.cat(blocks, dim=1)
+
+
+class GridBatchNorm3d(nn.BatchNorm3d):
+    """BatchNorm3d on (batch, cells * channels, n_timepoints): the same statistics and state."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, cc, t = x.shape
+        per_cell = x.view(b * (cc // self.num_features), self.num_features, t, 1, 1)
+        return super().forward(per_cell).view(b, cc, t)
+
+
+class GridMaxPool(nn.Module):
+    """Upstream's MaxPool3d((time_pool, rows, cols)) on (batch, cells * channels, n_timepoints),
+    returning (batch, channels, n_timepoints // time_pool, 1, 1) as that pool did."""
+
+    def __init__(self, time_pool: int, n_cells: int):
+        super().__init__()
+        self.time_pool, self.n_cells = time_pool, n_cells
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, cc, t = x.shape
+        pooled = x.view(b, self.n_cells, cc // self.n_cells, t).max(dim=1).values
+        if self.time_pool > 1:
+            pooled = F.max_pool1d(pooled, self.time_pool)
+        return pooled.view(*pooled.shape, 1, 1)
+
+
+def recurrent_steps(lengths: torch.Tensor, n_steps: int, pool: int, readout: str) -> int:
+    """How many steps a recurrence must run for `last_step` to read every sequence of the batch.
+
+    A GRU's output at a step depends on earlier steps only, so stopping after the batch's last read
+    step changes nothing. Not while tracing (ONNX export): the graph must serve any lengths.
+    """
+    if readout != "last_real" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return n_steps
+    return min(n_steps, int((lengths.max() - 1) // max(pool, 1)) + 1)
+
+
 class _MS3D(nn.Module):
     """Shared front of the MS3D models: channels on a grid, three 3D-conv towers of kernel 3/5/7."""
 
@@ -101,14 +192,14 @@ class _MS3D(nn.Module):
             raise ValueError(f"{n_channels} channels do not fit a {rows} x {cols} grid")
         self.n_channels, self.grid, self.time_pool = n_channels, (rows, cols), time_pool
         for i, k in enumerate(kernels, start=1):
-            layers = [nn.Conv3d(1, filters, k, padding=k // 2), nn.BatchNorm3d(filters), nn.ReLU()]
+            layers = [GridConv3d(1, filters, k, (rows, cols)), GridBatchNorm3d(filters), nn.ReLU()]
             if stacked_towers:
-                layers += [nn.Conv3d(filters, filters, 3, padding=1), nn.BatchNorm3d(filters), nn.ReLU()]
+                layers += [GridConv3d(filters, filters, 3, (rows, cols)), GridBatchNorm3d(filters), nn.ReLU()]
             setattr(self, f"tower{i}", nn.Sequential(*layers))
         self.n_towers = len(kernels)
         width = filters * len(kernels)
         self.cnn_post = nn.Sequential(
-            nn.BatchNorm3d(width), nn.ReLU(), nn.MaxPool3d((time_pool, rows, cols)), nn.Dropout3d(dropout)
+            GridBatchNorm3d(width), nn.ReLU(), GridMaxPool(time_pool, rows * cols), nn.Dropout3d(dropout)
         )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +208,9 @@ class _MS3D(nn.Module):
         rows, cols = self.grid
         if c < rows * cols:  # empty grid cells hold zeros (the mean, in scaled units)
             x = torch.cat([x, x.new_zeros(b, t, rows * cols - c)], dim=2)
-        vol = x.reshape(b, 1, t, rows, cols)
-        out = torch.cat([getattr(self, f"tower{i}")(vol) for i in range(1, self.n_towers + 1)], dim=1)
+        n = rows * cols
+        towers = [getattr(self, f"tower{i}")(x.transpose(1, 2)) for i in range(1, self.n_towers + 1)]
+        out = torch.cat([y.view(b, n, -1, t) for y in towers], dim=2).view(b, -1, t)  # cells, then filters
         return self.cnn_post(out).flatten(2).transpose(1, 2)
 
 
@@ -144,7 +236,8 @@ class MS3DGRU(_MS3D):
         self.readout = readout
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        seq, _ = self.gru(self.features(x))
+        feats = self.features(x)
+        seq, _ = self.gru(feats[:, : recurrent_steps(lengths, feats.shape[1], self.time_pool, self.readout)])
         return self.output_layers(self.dropout(last_step(seq, lengths, self.time_pool, self.readout)))
 
 
@@ -171,7 +264,8 @@ class MS3DStackedGRU(_MS3D):
         self.readout = readout
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        seq, _ = self.gru1(self.features(x))
+        feats = self.features(x)
+        seq, _ = self.gru1(feats[:, : recurrent_steps(lengths, feats.shape[1], self.time_pool, self.readout)])
         seq, _ = self.gru2(self.dropout(seq))
         return self.output_layers(self.dropout(last_step(seq, lengths, self.time_pool, self.readout)))
 

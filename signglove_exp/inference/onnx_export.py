@@ -16,7 +16,7 @@ from torch import nn
 
 from signglove_exp.card import CARD_KEY, ModelCard
 
-OPSET = 17  # ONNX opset: GRU, Conv3d and MaxPool3d all export at 17
+OPSET = 17  # ONNX opset: GRU, Conv and the grid pooling all export at 17
 
 
 class _Probabilities(nn.Module):

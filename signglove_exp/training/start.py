@@ -64,9 +64,10 @@ def starting_point(cfg: DictConfig) -> Start:
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """The dotted keys whose resolved values differ between a run's saved config and `cfg`, aside from
-    the run name (it holds the time it started) and, for a fine-tune, what came from its source."""
+    the run name (it holds the time it started), the CPU threads (a property of the machine) and, for a
+    fine-tune, what came from its source."""
     a, b = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
-    aside = ("tracking.run_name", *(ADOPTED if saved.get("init_from") else ()))
+    aside = ("tracking.run_name", "threads", *(ADOPTED if saved.get("init_from") else ()))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(aside))
 
 

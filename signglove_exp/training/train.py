@@ -7,6 +7,7 @@ resume, or a source model); the command around it is `training.cli`.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -62,6 +63,26 @@ def check_objective(cfg: DictConfig) -> None:
         )
 
 
+def cpu_threads(cfg: DictConfig, net: torch.nn.Module) -> int:
+    """`threads`: a number, or auto. A recurrent network's step is a chain of small matrix products
+    that a second thread slows more than it helps; convolutions share well. Parallel jobs of a
+    joblib multirun split the cores between them rather than fight over them."""
+    if cfg.threads != "auto":
+        if not isinstance(cfg.threads, int) or cfg.threads < 1:
+            raise ValueError(f"threads={cfg.threads}: must be auto or a whole number of threads >= 1")
+        return cfg.threads
+    if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in net.modules()):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = 1
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        launcher = HydraConfig.get().launcher
+        if "joblib" in launcher.get("_target_", ""):
+            jobs = launcher.get("n_jobs", 1)
+            jobs = cores if jobs is None or jobs < 1 else jobs
+    return max(1, cores // jobs)
+
+
 def sweep_parent() -> dict | None:
     """The parent run of the multirun this job belongs to, from the sweep folder's record."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -86,6 +107,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     classes, channels = prepared.corpus.classes, prepared.corpus.channels
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     net = build_model(**model_cfg, n_channels=len(channels), n_classes=len(classes))
+    torch.set_num_threads(cpu_threads(cfg, net))
     if start.weights is not None:
         net.load_state_dict(start.weights)
     if cfg.init_from:
