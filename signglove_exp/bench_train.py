@@ -62,15 +62,9 @@ def timed(cmd: list[str], timer: Path) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... failed:\n{done.stderr[-2000:]}")
     marks = json.loads(timer.read_text(encoding="utf-8"))
-    fit = {m["event"]: m["wall"] for m in marks if m["event"] in ("fit_start", "fit_end")}
-    first, last = (m["wall"] for m in (marks[1], [m for m in marks if m["event"] == "epoch_end"][-1]))
-    return {
-        "epochs": epoch_times(marks),
-        "before_s": first - launched,
-        "after_s": ended - last,
-        "setup_in_fit_s": first - fit["fit_start"],
-        "wall_s": ended - launched,
-    }
+    first = next(m["wall"] for m in marks if m["event"] == "epoch_start")
+    last = [m["wall"] for m in marks if m["event"] == "epoch_end"][-1]
+    return {"epochs": epoch_times(marks), "before_s": first - launched, "after_s": ended - last}
 
 
 def stats(values: list[float]) -> str:

@@ -129,7 +129,7 @@ def test_upstream_recipe_trains_and_tests_on_the_same_arrays(cache_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_training_benchmark_prints_both_sides(capsys):
+def test_training_benchmark_prints_both_sides():
     table = bench_train(["--models", "gru", "--epochs", "2", "--repeats", "1"])
     assert "| gru | upstream recipe |" in table and "| gru | signglove-exp |" in table
     assert "warm: from the cache" in table

@@ -74,13 +74,18 @@ def cpu_threads(cfg: DictConfig, net: torch.nn.Module) -> int:
     if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in net.modules()):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    jobs = 1
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        launcher = HydraConfig.get().launcher
-        if "joblib" in launcher.get("_target_", ""):
-            jobs = launcher.get("n_jobs", 1)
-            jobs = cores if jobs is None or jobs < 1 else jobs
-    return max(1, cores // jobs)
+    return max(1, cores // (parallel_jobs() or cores))
+
+
+def parallel_jobs() -> int | None:
+    """How many jobs of this multirun share the machine: 1 unless joblib runs several (None: one a core)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in launcher.get("_target_", ""):
+        return 1
+    n_jobs = launcher.get("n_jobs", 1)
+    return None if n_jobs is None or n_jobs < 1 else n_jobs
 
 
 def sweep_parent() -> dict | None:
@@ -181,8 +186,7 @@ def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Pa
     parent = sweep_parent()
     if parent:
         tags.update({"mlflow.parentRunId": parent["run_id"], "sweep": parent["sweep"]})
-        launcher = HydraConfig.get().launcher
-        if "joblib" in launcher.get("_target_", "") and launcher.get("n_jobs", 1) != 1:
+        if parallel_jobs() != 1:
             tags[SHARED_CPU] = "true"  # its time and latency are measured beside other jobs
     if start.lineage:
         tags["signglove.init_from"] = start.lineage["source"]
