@@ -34,10 +34,17 @@ def data_overrides(outputs: Path) -> list[str]:
     return [f"data.unpack_to={outputs / 'data' / 'signglove'}", f"data.cache_dir={outputs / 'cache'}"]
 
 
-def ours(model: str, work: Path, outputs: Path, timer: Path, *overrides: str) -> list[str]:
-    """This project's command line for one run, its MLflow store and run folders in `work`."""
+def ours(model: str | None, work: Path, outputs: Path, timer: Path, *overrides: str) -> list[str]:
+    """This project's command line for one run (or, with model None, a sweep preset that names the
+    models: a model= here would override its list), its MLflow store and run folders in `work`."""
     return [
-        *(sys.executable, "-m", "signglove_exp", f"model={model}", f"paths.outputs={work}"),
+        *(
+            sys.executable,
+            "-m",
+            "signglove_exp",
+            *([f"model={model}"] if model else []),
+            f"paths.outputs={work}",
+        ),
         *data_overrides(outputs),
         "+callbacks.epoch_timer._target_=signglove_exp.benchmarks.epoch_timer.EpochTimer",
         *(f"+callbacks.epoch_timer.path={timer}", *overrides),
@@ -131,11 +138,17 @@ def sweep_times(outputs: Path, work: Path, max_epochs: int) -> list[str]:
     walls["upstream recipe"] = time.time() - started
     epochs["upstream recipe"] = [len(r["epochs"]) for r in runs]
     started = time.time()
-    cmd = ours("gru", work, outputs, timer, "sweep=all_models", f"trainer.max_epochs={max_epochs}")
+    cmd = ours(None, work, outputs, timer, "sweep=all_models", f"trainer.max_epochs={max_epochs}")
     subprocess.run(cmd, check=True, capture_output=True)
     walls["signglove-exp"] = time.time() - started
-    trained = sorted((work / "multirun").glob("*/*/checkpoints/last.ckpt"))
-    epochs["signglove-exp"] = [_epochs_of(p) for p in trained]
+    trained = list((work / "multirun").glob("*/*/checkpoints/last.ckpt"))  # <time>/<job>_<model>/
+    if len(trained) != len(MODELS):
+        raise RuntimeError(
+            f"the sweep left {len(trained)} trained runs under {work / 'multirun'}, not {len(MODELS)}"
+        )
+    epochs["signglove-exp"] = [
+        _epochs_of(p) for p in sorted(trained, key=lambda p: int(p.parts[-3].split("_")[0]))
+    ]
     lines = [
         f"| four-model sweep, max {max_epochs} epochs, early stopping patience 15 | wall s | epochs run |",
         "|---|---:|---|",

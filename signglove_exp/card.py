@@ -3,8 +3,8 @@
 A card travels inside every checkpoint (as plain data under the `signglove` key, so checkpoints load
 with `weights_only=True`), inside every ONNX file (as JSON metadata) and with every pyfunc model (in
 its MLmodel metadata). Whatever reads a model, reads this: architecture and hyper-parameters,
-classes in label order, channels, sequence length, padding rule, readout, scaler, data fingerprint,
-lineage and version. Cards written by release 0.1 (no `card_version`) still read.
+classes in label order, channels, preprocessing, sequence length, padding rule, readout, scaler,
+data fingerprint, lineage and version. Cards written by release 0.1 (no `card_version`) still read.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class ModelCard:
     channels: list[str]  # input columns, in order
     seq_len: int  # episodes are cut or padded at the end to this many steps
     padding: dict  # {"value": float, "units": "scaled" | "raw"}
-    scaler: dict  # {"channels", "mean", "scale", "n_samples_seen"}
+    scaler: dict  # {"channels", "mean", "scale", "n_samples_seen"}, over the features
+    preprocess: dict = field(default_factory=dict)  # transforms, normalize, features; {} = none, global
     data_fingerprint: str | None = None  # sha256 over the episode files it was trained on
     config: dict = field(default_factory=dict)  # the training config (data, split, ...) it came from
     lineage: dict = field(default_factory=dict)  # source model/run and how it was adapted; {} = scratch

@@ -1,10 +1,11 @@
-"""Classification metrics, the same for validation, test and evaluation runs."""
+"""Classification metrics, the same for validation, test and evaluation runs, and their summary over runs."""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, recall_score
 
 
@@ -27,3 +28,18 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, 
             "precision_macro": float(precision_score(y_true, y_pred, **macro)),
             "recall_macro": float(recall_score(y_true, y_pred, **macro)),
         }
+
+
+def summarise(values: list[float]) -> dict:
+    """Mean, sample std and the t-based 95% interval of the mean (nan where n < 2)."""
+    a = np.asarray(values, dtype=float)
+    n = len(a)
+    std = float(a.std(ddof=1)) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
+    return {
+        "n": n,
+        "mean": float(a.mean()),
+        "std": std,
+        "lo": float(a.mean()) - half,
+        "hi": float(a.mean()) + half,
+    }

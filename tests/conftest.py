@@ -96,3 +96,18 @@ def cli_run(tmp_path_factory, cache_dir):
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     return client, run, tmp, proc.stdout + proc.stderr
+
+
+def run_sweep(tmp, cache_dir, *overrides, name="sw"):
+    """A multirun from the command line into tmp/name (also its sweep tag); returns (client, runs, stdout)."""
+    proc = run_cli(
+        "-m",
+        *store_overrides(tmp, cache_dir),
+        "trainer=debug",
+        *overrides,
+        f"hydra.sweep.dir={tmp / name}",
+        cwd=tmp,
+    )
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    return client, runs, proc.stdout

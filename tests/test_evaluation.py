@@ -14,10 +14,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from signglove_exp import data, evaluate, report
+from signglove_exp.metrics import summarise
 from signglove_exp.reporting import compare
 from signglove_exp.tracking import queries as tracking_queries
 from signglove_exp.training.train import train
-from tests.conftest import compose_config, run_cli, store_overrides
+from tests.conftest import compose_config, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -128,21 +129,6 @@ def test_manifest_and_class_counts_match_what_was_trained(make_cfg, tmp_path):
     )
 
 
-def run_sweep(tmp, cache_dir, *overrides, name="sw"):
-    """A multirun from the command line into tmp/name (also its sweep tag); returns (client, runs, stdout)."""
-    proc = run_cli(
-        "-m",
-        *store_overrides(tmp, cache_dir),
-        "trainer=debug",
-        *overrides,
-        f"hydra.sweep.dir={tmp / name}",
-        cwd=tmp,
-    )
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
-    return client, runs, proc.stdout
-
-
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory, cache_dir):
     tmp = tmp_path_factory.mktemp("sweep")
@@ -173,7 +159,7 @@ def test_sweep_report_numbers_equal_the_logged_metrics(small_sweep):
     }
     for model, values in acc.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| {model} | 3 |"))
-        s = compare.summarise(values)
+        s = summarise(values)
         assert f"{s['mean']:.4f} +- {s['std']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}]" in row
     best, other = sorted(acc, key=lambda m: -np.mean(acc[m]))
     p = stats.ttest_rel(acc[best], acc[other]).pvalue

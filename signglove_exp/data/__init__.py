@@ -1,6 +1,7 @@
 """The data room: episode files -> corpus -> split -> preprocessing -> arrays.
 
-`corpus` reads and validates episodes, `splits` holds the split strategies (a registry),
+`corpus` reads and validates episodes, `splits` holds the split strategies (a registry) and the
+few-shot draw, `transforms` the channel transforms and normalisation scopes (registries),
 `preprocess` fits preprocessing on the train part and makes the arrays; `prepare` runs it all.
 """
 
@@ -12,10 +13,21 @@ from signglove_exp.data.corpus import (
     load_corpus,
     read_episode,
 )
-from signglove_exp.data.preprocess import Prepared, fit_scaler, prepare, to_arrays, write_reports
-from signglove_exp.data.splits import PARTS, STRATEGIES, duplicate_copies, split
+from signglove_exp.data.preprocess import (
+    Prepared,
+    fit_scaler,
+    model_inputs,
+    prepare,
+    to_arrays,
+    write_reports,
+)
+from signglove_exp.data.splits import PARTS, STRATEGIES, draw_shots, duplicate_copies, split
+from signglove_exp.data.transforms import SCOPES, TRANSFORMS, apply_transforms
 
 __all__ = [
+    "SCOPES",
+    "TRANSFORMS",
+    "apply_transforms",
     "PARTS",
     "STRATEGIES",
     "BadEpisodeError",
@@ -24,6 +36,7 @@ __all__ = [
     "Prepared",
     "ensure_unpacked",
     "fit_scaler",
+    "model_inputs",
     "load_corpus",
     "prepare",
     "read_episode",
@@ -31,4 +44,5 @@ __all__ = [
     "to_arrays",
     "write_reports",
     "duplicate_copies",
+    "draw_shots",
 ]

@@ -1,8 +1,9 @@
 """Corpus -> split -> preprocessing fitted on the train part only -> arrays the models read.
 
-`prepare` is the whole data path of one run. Preprocessing state (today the per-channel scaler) is
-fitted here, on train only, or handed in from a source model; normalisation scopes and train-only
-augmentation plug in at the same point. Knows nothing of models or MLflow.
+`prepare` is the whole data path of one run: channel transforms, then normalisation statistics
+fitted on the train part only (or a signer's own, or an episode's own: `data.normalize`), or handed
+in from a source model. `model_inputs` is the same path for a trained model's card at inference.
+Knows nothing of models or MLflow.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import numpy as np
 
 from signglove_exp.data.corpus import Corpus, ensure_unpacked, load_corpus
 from signglove_exp.data.splits import PARTS, duplicate_copies, split
+from signglove_exp.data.transforms import apply_transforms, check_preprocess
 
 
 @dataclass
 class Prepared:
     corpus: Corpus
     parts: dict[str, list[int]]  # part name -> indices into corpus.episodes (usable episodes only)
-    scaler: dict  # channels, mean, scale, n_samples_seen: JSON-ready
+    scaler: dict  # channels, mean, scale, n_samples_seen: JSON-ready (the train part's, or the source's)
     seq_len: int
+    preprocess: dict  # transforms, normalize scope and the resulting feature names: for the model card
     arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
     # part -> (x (n_cases, n_timepoints, n_channels) float32, lengths int64, labels int64)
     duplicates: dict[int, int] = field(default_factory=dict)  # byte-identical copy -> its first file
@@ -44,26 +47,57 @@ def fit_scaler(values: list[np.ndarray], channels: list[str], seq_len: int | Non
 
 
 def to_arrays(
-    values: list[np.ndarray], scaler: dict, seq_len: int, padding: dict
+    values: list[np.ndarray], scaler: dict | list[dict], seq_len: int, padding: dict
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cut or pad at the end to seq_len and scale, with lengths of the real steps.
+    """Cut or pad at the end to seq_len and scale, with lengths of the real steps. `scaler` is one for
+    every episode, or a list of one per episode (per-signer or per-episode normalisation).
 
     padding["units"] says where padding["value"] lives: "scaled" pads after scaling (the default);
     "raw" pads in sensor units and scales the padded steps too, as upstream did.
     """
     if padding["units"] not in ("scaled", "raw"):
         raise ValueError(f"padding units must be 'scaled' or 'raw', not {padding['units']!r}")
-    mean, scale = np.asarray(scaler["mean"]), np.asarray(scaler["scale"])
-    raw = padding["units"] == "raw"
-    x = np.full((len(values), seq_len, len(mean)), padding["value"], dtype=np.float64)
+    scalers = scaler if isinstance(scaler, list) else [scaler] * len(values)
+    n_features = len(scalers[0]["mean"]) if scalers else 0
+    x = np.full((len(values), seq_len, n_features), padding["value"], dtype=np.float64)
     lengths = np.zeros(len(values), dtype=np.int64)
-    for i, v in enumerate(values):
+    stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i, (v, s) in enumerate(zip(values, scalers, strict=True)):
+        mean, scale = stats.setdefault(id(s), (np.asarray(s["mean"]), np.asarray(s["scale"])))
         n = min(len(v), seq_len)
-        x[i, :n] = v[:n] if raw else (v[:n] - mean) / scale
+        if padding["units"] == "raw":
+            x[i, :n] = v[:n]
+            x[i] = (x[i] - mean) / scale
+        else:
+            x[i, :n] = (v[:n] - mean) / scale
         lengths[i] = n
-    if raw:
-        x = (x - mean) / scale
     return x.astype(np.float32), lengths
+
+
+def episode_scalers(
+    values: list[np.ndarray], groups: list[str], scope: str, scaler: dict, names: list[str], seq_len: int
+) -> list[dict]:
+    """The statistics that scale each episode: `scaler` (global), those of every episode of its group
+    (per_signer: a signer's own recordings, labels unused) or its own (per_episode)."""
+    if scope == "global":
+        return [scaler] * len(values)
+    if scope == "per_episode":
+        return [fit_scaler([v], names, seq_len) for v in values]
+    of = {
+        g: fit_scaler([v for v, h in zip(values, groups, strict=True) if h == g], names, seq_len)
+        for g in set(groups)
+    }
+    return [of[g] for g in groups]
+
+
+def model_inputs(episodes: list[np.ndarray], card) -> tuple[np.ndarray, np.ndarray]:
+    """Raw episodes in the card's channel order -> the (x, lengths) its network reads: the card's
+    transforms, its scaler (or each episode's own statistics, for per_episode), its padding."""
+    preprocess = card.preprocess or {}
+    values, names = apply_transforms(episodes, card.channels, preprocess.get("transforms", {}))
+    scope = "per_episode" if preprocess.get("normalize") == "per_episode" else "global"
+    scalers = episode_scalers(values, [""] * len(values), scope, card.scaler, names, card.seq_len)
+    return to_arrays(values, scalers, card.seq_len, card.padding)
 
 
 def check_settings(cfg_data) -> None:
@@ -112,13 +146,40 @@ def prepare(cfg_data, cfg_split, scaler: dict | None = None) -> Prepared:
     check_usable(corpus, cfg_data.get("allow_missing_classes", False))
     parts = split(corpus, cfg_split)
     eps = corpus.episodes
+    preprocess = {
+        "transforms": _plain(cfg_data.get("transforms")),
+        "normalize": cfg_data.get("normalize", "global"),
+    }
+    check_preprocess(preprocess)
+    usable = sorted(i for idx in parts.values() for i in idx)
+    values, names = apply_transforms(
+        [eps[i].values for i in usable], corpus.channels, preprocess["transforms"]
+    )
+    at = dict(zip(usable, range(len(usable)), strict=True))
     if scaler is None:
-        scaler = fit_scaler([eps[i].values for i in parts["train"]], corpus.channels, cfg_data.seq_len)
-    prepared = Prepared(corpus, parts, scaler, cfg_data.seq_len, duplicates=duplicate_copies(corpus))
+        scaler = fit_scaler([values[at[i]] for i in parts["train"]], names, cfg_data.seq_len)
+    elif list(scaler["channels"]) != names:
+        raise ValueError(
+            f"the source model's scaler is for features {scaler['channels']}, this data gives {names}"
+        )
+    scalers = episode_scalers(
+        values, [eps[i].signer for i in usable], preprocess["normalize"], scaler, names, cfg_data.seq_len
+    )
+    preprocess["features"] = names
+    prepared = Prepared(
+        corpus, parts, scaler, cfg_data.seq_len, preprocess, duplicates=duplicate_copies(corpus)
+    )
     for part, idx in parts.items():
-        x, lengths = to_arrays([eps[i].values for i in idx], scaler, cfg_data.seq_len, cfg_data.padding)
+        x, lengths = to_arrays(
+            [values[at[i]] for i in idx], [scalers[at[i]] for i in idx], cfg_data.seq_len, cfg_data.padding
+        )
         prepared.arrays[part] = (x, lengths, np.array([eps[i].label for i in idx], dtype=np.int64))
     return prepared
+
+
+def _plain(transforms) -> dict:
+    """data.transforms as a plain {name: [channels]} (an OmegaConf node or None in)."""
+    return {str(k): [str(c) for c in (v or [])] for k, v in (transforms or {}).items()}
 
 
 def write_reports(prepared: Prepared, out_dir: Path) -> list[Path]:

@@ -96,6 +96,18 @@ def split_by_signer(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.nda
     return split_by_group(labels, signers, [cfg.test_signer], None, cfg.val_size, cfg.seed, "signer")
 
 
+def draw_shots(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Few-shot draw: k episodes of each class (all of a class with fewer) calibrate, the rest test.
+    The same seed draws the same episodes; the two parts never share one."""
+    if k < 1:
+        raise ValueError(f"shots={k}: at least 1 labelled episode per class")
+    rng = np.random.default_rng(seed)
+    calib = np.sort(
+        np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c in np.unique(labels)])
+    )
+    return calib, np.setdiff1d(np.arange(len(labels)), calib)
+
+
 def duplicate_copies(corpus: Corpus) -> dict[int, int]:
     """Byte-identical episode files: index of each copy -> index of the first file with its content."""
     first: dict[str, int] = {}

@@ -31,7 +31,7 @@ class _Probabilities(nn.Module):
 def export_onnx(net: nn.Module, card: ModelCard, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(2, card.seq_len, len(card.channels))
+    x = torch.zeros(2, card.seq_len, card.model["n_channels"])  # features, after the card's transforms
     lengths = torch.tensor([card.seq_len, 1])
     batch = {0: "batch"}
     with warnings.catch_warnings():

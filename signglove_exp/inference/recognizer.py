@@ -4,7 +4,7 @@
     rec.predict(values)                     # values: (n_timepoints, n_channels) in raw sensor units
     rec.predict_files(["a.csv"])            # episode CSVs, columns found by name
 
-The scaler, channel order, sequence length and padding come from the model's card. torch and
+The channel order, transforms, scaler, sequence length and padding come from the model's card. torch and
 onnxruntime are imported only by the loader that needs them, so an ONNX deployment runs without torch.
 """
 
@@ -96,7 +96,7 @@ class Recognizer:
                     f"episode {i}: shape {v.shape}, expected (n_timepoints >= 1, {len(self.channels)}) "
                     f"with channels {', '.join(self.channels)}"
                 )
-        return data.to_arrays(episodes, self.card.scaler, self.card.seq_len, self.card.padding)
+        return data.model_inputs(episodes, self.card)
 
     def probabilities(self, episodes: list[np.ndarray]) -> np.ndarray:
         """(n_cases, n_classes) probabilities for raw episodes."""

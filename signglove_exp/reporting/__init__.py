@@ -1,1 +1,2 @@
-"""The reporting room: comparison reports over runs (`compare`) and figures with Hangul labels (`figures`)."""
+"""The reporting room: comparison reports over runs (`compare`), their few-shot calibration section
+(`calibration`) and figures with Hangul labels (`figures`)."""

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from signglove_exp.metrics import summarise
 from signglove_exp.reporting import figures
+from signglove_exp.reporting.calibration import calibration_section
 
 METRICS = [
     ("test/acc", "test acc"),
@@ -72,21 +74,6 @@ def _varying_params(runs: list[dict]) -> list[str]:
 def _mean_of(runs: list[dict], key: str) -> float | None:
     values = [r["metrics"][key] for r in runs if key in r["metrics"]]
     return float(np.mean(values)) if values else None
-
-
-def summarise(values: list[float]) -> dict:
-    """Mean, sample std and the t-based 95% interval of the mean (nan where n < 2)."""
-    a = np.asarray(values, dtype=float)
-    n = len(a)
-    std = float(a.std(ddof=1)) if n > 1 else float("nan")
-    half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else float("nan")
-    return {
-        "n": n,
-        "mean": float(a.mean()),
-        "std": std,
-        "lo": float(a.mean()) - half,
-        "hi": float(a.mean()) + half,
-    }
 
 
 def by_model(runs: list[dict]) -> dict[str, list[dict]]:
@@ -228,6 +215,8 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
         "![per-class F1](per_class_f1.png)",
         "",
     ]
+    calibration_lines, calibration_figures = calibration_section(runs, out_dir)
+    lines += calibration_lines
 
     report = out_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
@@ -236,4 +225,5 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
         report,
         figures.confusion_grid(summed, classes, out_dir / "confusion_grid.png"),
         figures.per_class_heatmap(f1, classes, out_dir / "per_class_f1.png"),
+        *calibration_figures,
     ]

@@ -124,3 +124,23 @@ def per_class_heatmap(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def learning_curves(bands: dict[str, dict[int, dict]], path: Path) -> Path:
+    """Accuracy against shots per class, one line per label with its 95% interval as a band."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, stats in bands.items():
+        ks = sorted(stats)
+        mean = np.array([stats[k]["mean"] for k in ks])
+        ax.plot(ks, mean, marker="o", label=label)
+        lo, hi = (np.array([stats[k][b] for k in ks]) for b in ("lo", "hi"))
+        ax.fill_between(ks, np.where(np.isnan(lo), mean, lo), np.where(np.isnan(hi), mean, hi), alpha=0.15)
+    ax.set_xlabel("labelled episodes per class of the new signer (k)")
+    ax.set_ylabel("test accuracy on the new signer")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -252,8 +252,10 @@ def log_evaluation(
     metrics: dict,
     files: list[Path],
     kind: str = "evaluation",
+    checkpoint: Path | None = None,
 ) -> str:
-    """An evaluation (or an import) as a run of its own, tagged with the training run it evaluates."""
+    """An evaluation (an import, a calibration) as a run of its own, tagged with the training run it
+    evaluates; `checkpoint` goes under checkpoints/, where `recognize RUN_ID` finds a model."""
     client, exp_id = experiment_id(resolve_uri(uri), experiment)
     tags = {"signglove.kind": kind, "mlflow.source.git.commit": git_commit()}
     if source_run:
@@ -265,6 +267,8 @@ def log_evaluation(
         client.log_metric(run_id, k, v)
     for f in files:
         client.log_artifact(run_id, str(f))
+    if checkpoint:
+        client.log_artifact(run_id, str(checkpoint), "checkpoints")
     client.set_terminated(run_id)
     return run_id
 

@@ -1,2 +1,3 @@
-"""The training room: where a run starts (`start`), the LightningModule (`module`), fine-tuning
-(`finetune`), exact resume (`resume_state`), `train(cfg)` (`train`) and the Hydra command (`cli`)."""
+"""The training room: where a run starts (`start`), the LightningModule (`module`), training-batch
+augmentation (`augment`), fine-tuning (`finetune`), few-shot calibration to a new signer (`adapt`),
+exact resume (`resume_state`), `train(cfg)` (`train`) and the Hydra command (`cli`)."""

@@ -14,15 +14,24 @@ from torch import nn
 
 from signglove_exp.card import CARD_KEY, ModelCard
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.training.augment import Augmenter
 
 
 class Classifier(pl.LightningModule):
     """The model card is written into every checkpoint. Parts of `net` with no trainable parameter
     (frozen for fine-tuning) stay in eval mode, so their dropout and batch statistics stay fixed too."""
 
-    def __init__(self, net: nn.Module, optimizer: Callable, scheduler: Callable | None, card: ModelCard):
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable,
+        scheduler: Callable | None,
+        card: ModelCard,
+        augment: Augmenter | None = None,
+    ):
         super().__init__()
         self.net, self.optimizer, self.scheduler, self.card = net, optimizer, scheduler, card
+        self.augment = augment if augment else None  # training batches only
         self.n_classes = len(card.classes)
         self.frozen = [
             m
@@ -44,7 +53,9 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, lengths, y = batch
-        loss = self.loss(self(x, lengths), y)
+        if self.augment:
+            x, lengths, target = self.augment(x, lengths, y, self.n_classes, self.current_epoch, batch_idx)
+        loss = self.loss(self(x, lengths), target if self.augment else y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=True)
         return loss
 

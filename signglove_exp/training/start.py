@@ -21,7 +21,8 @@ from signglove_exp.card import ModelCard, read_checkpoint
 from signglove_exp.tracking.runs import flatten, read_run_record
 from signglove_exp.tracking.store import tracking_uri
 
-ADOPTED = ("model.", "data.seq_len", "data.padding.")  # config keys a fine-tune takes from its source
+# config keys a fine-tune takes from its source
+ADOPTED = ("model.", "data.seq_len", "data.padding.", "data.transforms.", "data.normalize")
 
 
 @dataclass
@@ -81,6 +82,8 @@ def _fresh(cfg: DictConfig) -> Start:
     with open_dict(cfg):  # what ADOPTED names
         cfg.model = {k: v for k, v in card.model.items() if k not in ("n_channels", "n_classes")}
         cfg.data.seq_len, cfg.data.padding = card.seq_len, dict(card.padding)
+        cfg.data.transforms = card.preprocess.get("transforms", {})
+        cfg.data.normalize = card.preprocess.get("normalize", "global")
     lineage = {
         "source": str(cfg.init_from),
         "source_run": source_run,

@@ -27,6 +27,8 @@ from signglove_exp.reporting.compare import SHARED_CPU
 from signglove_exp.tracking import runs, sweep
 from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid
+from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.finetune import freeze
 from signglove_exp.training.module import Classifier, ProgressBar, latency_ms
 from signglove_exp.training.resume_state import ResumeState
@@ -103,6 +105,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         return run_metrics(start.run_id, tracking_uri(start.cfg)), {"run_id": start.run_id, "start": start}
     cfg = start.cfg
     check_objective(cfg)
+    check_methods(cfg.calibration.methods)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,25 +114,30 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
     prepared = data.prepare(cfg.data, cfg.split, start.card.scaler if reuse_scaler else None)
     classes, channels = prepared.corpus.classes, prepared.corpus.channels
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    net = build_model(**model_cfg, n_channels=len(channels), n_classes=len(classes))
+    n_features = len(prepared.preprocess["features"])
+    net = build_model(**model_cfg, n_channels=n_features, n_classes=len(classes))
     torch.set_num_threads(cpu_threads(cfg, net))
     if start.weights is not None:
         net.load_state_dict(start.weights)
     if cfg.init_from:
         freeze(net, OmegaConf.to_container(cfg.finetune, resolve=True)["train"])
     card = ModelCard(
-        model={**model_cfg, "n_channels": len(channels), "n_classes": len(classes)},
+        model={**model_cfg, "n_channels": n_features, "n_classes": len(classes)},
         classes=classes,
         channels=channels,
         seq_len=prepared.seq_len,
         padding=OmegaConf.to_container(cfg.data.padding, resolve=True),
         scaler=prepared.scaler,
+        preprocess=prepared.preprocess,
         data_fingerprint=prepared.corpus.fingerprint,
         config=OmegaConf.to_container(cfg, resolve=True),
         lineage=start.lineage,
     )
+    augment = Augmenter(
+        OmegaConf.to_container(cfg.augment), cfg.seed, card.preprocess["features"], card.scaler, card.padding
+    )
     module = Classifier(
-        net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card
+        net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card, augment
     )
     if start.run_id is None and sweep_parent():  # jobs starting in the same second: the job number tells
         cfg.tracking.run_name = f"{cfg.tracking.run_name}-job{HydraConfig.get().job.num}"
@@ -196,6 +204,23 @@ def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Pa
     return tags
 
 
+def calibration(cfg, prepared: data.Prepared, module: Classifier) -> dict[str, float]:
+    """The few-shot grid (`calibration.*`) on the held-out signer, with the best weights. Under
+    per_signer normalisation the signer's statistics come from all its episodes, labels unused."""
+    episodes = [prepared.corpus.episodes[i] for i in prepared.parts["test"]]
+    signers = sorted({e.signer for e in episodes})
+    if len(signers) != 1:
+        raise ValueError(
+            f"calibration.shots needs a test part of one held-out signer (split=by_signer); "
+            f"split.strategy={cfg.split.strategy} tests {len(signers)} signers"
+        )
+    raw, labels, card = [e.values for e in episodes], prepared.arrays["test"][2], module.card
+    if card.preprocess["normalize"] == "per_signer":
+        card = adapt(module.net, card, raw, labels, "renorm", {})[1]
+    settings = {**OmegaConf.to_container(cfg.calibration, resolve=True), "seed": cfg.split.seed}
+    return few_shot_grid(module.net, card, raw, labels, settings)
+
+
 def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_dir: Path, start: Start):
     reports = data.write_reports(prepared, out_dir)
     if prepared.corpus.rejected:
@@ -244,6 +269,8 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
             "time/latency_ms": latency_ms(module.net.cpu(), x_test, len_test),
         }
     )
+    if cfg.calibration.shots:
+        metrics.update(calibration(cfg, prepared, module))
     logger.log_metrics({k: v for k, v in metrics.items() if not k.startswith("test/")})
 
     title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"

@@ -1,0 +1,62 @@
+"""The few-shot calibration part of a sweep's report: accuracy against shots per class, one line per
+model and method, from the `fewshot/<method>/k<k>/draw<d>/acc` metrics of runs with `calibration.shots`
+(a chain `a+b` is logged as `a.b`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from signglove_exp.metrics import summarise
+from signglove_exp.reporting import figures
+
+KEY = re.compile(r"^fewshot/(?P<method>[^/]+)/k(?P<k>\d+)(?:/draw\d+)?/acc$")
+
+
+def curves(runs: list[dict]) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """(model, method) -> k -> accuracies over held-out signers and draws. k = 0 is the base model,
+    shared by every method."""
+    per_draw = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        model, metrics = r["params"].get("model.name", "?"), r["metrics"]
+        methods = {m["method"] for k in metrics if (m := KEY.match(k)) and m["method"] != "none"}
+        for key, value in metrics.items():
+            m = KEY.match(key)
+            if not m or "/draw" not in key and m["k"] != "0":
+                continue
+            for method in methods if m["method"] == "none" else [m["method"]]:
+                per_draw[(model, method.replace(".", "+"))][int(m["k"])].append(value)
+    return {key: dict(sorted(ks.items())) for key, ks in per_draw.items()}
+
+
+def calibration_section(runs: list[dict], out_dir: Path) -> tuple[list[str], list[Path]]:
+    """Markdown lines (a table: mean [95% interval] per k) and the learning-curve figure; nothing
+    when no run measured calibration."""
+    data = curves(runs)
+    if not data:
+        return [], []
+    shots = sorted({k for ks in data.values() for k in ks})
+    lines = [
+        "## Few-shot calibration on the held-out signer",
+        "",
+        "Test accuracy on the held-out signer's other episodes after calibrating with k labelled episodes "
+        "per class; mean [95% t-interval] over held-out signers x draws. k = 0: no calibration.",
+        "",
+        "| model | method | " + " | ".join(f"k={k}" for k in shots) + " |",
+        "|---|---|" + "---:|" * len(shots),
+    ]
+    bands = {}
+    for (model, method), ks in sorted(data.items()):
+        stats = {k: summarise(v) for k, v in ks.items()}
+        bands[f"{model} {method}"] = stats
+        cells = [
+            f"{s['mean']:.3f}" + (f" [{s['lo']:.3f}, {s['hi']:.3f}]" if s["n"] > 1 else "")
+            if (s := stats.get(k))
+            else "-"
+            for k in shots
+        ]
+        lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "![calibration curves](calibration_curves.png)", ""]
+    return lines, [figures.learning_curves(bands, out_dir / "calibration_curves.png")]

@@ -1,0 +1,167 @@
+"""Few-shot calibration to a new signer, a registry of adaptation methods.
+
+A method takes a trained network, its card and a few labelled episodes of the new signer (raw, in the
+card's channel order) and returns the adapted network and card; `a+b` chains methods. The result is
+an ordinary model (same architecture, card with lineage), so recognition, streaming and ONNX export
+use it like any other. `few_shot_grid` measures every (shots, draw, method) on a held-out signer.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from signglove_exp import data
+from signglove_exp.card import ModelCard
+from signglove_exp.metrics import classification_metrics
+from signglove_exp.training.finetune import freeze
+
+Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
+ADAPTATIONS: dict[str, Method] = {}
+
+
+def adaptation(name: str) -> Callable[[Method], Method]:
+    def register(fn: Method) -> Method:
+        ADAPTATIONS[name] = fn
+        return fn
+
+    return register
+
+
+@adaptation("renorm")
+def renorm(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
+    """Normalisation statistics re-estimated from the new signer's episodes (labels unused)."""
+    values, names = data.apply_transforms(
+        episodes, card.channels, (card.preprocess or {}).get("transforms", {})
+    )
+    return net, replace(card, scaler=data.fit_scaler(values, names, card.seq_len))
+
+
+def _last_linear(net: nn.Module) -> nn.Linear:
+    return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+
+
+@torch.no_grad()
+def embed(net: nn.Module, card: ModelCard, episodes: list[np.ndarray]) -> torch.Tensor:
+    """What the network's last linear layer reads for each episode: its embedding."""
+    seen = []
+    hook = _last_linear(net).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        net.eval()
+        net(*(torch.from_numpy(a) for a in data.model_inputs(episodes, card)))
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@adaptation("prototype")
+def prototype(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
+    """Nearest class mean on the embedding, no gradient step: the last layer becomes w_c = 2 m_c,
+    b_c = -|m_c|^2 (the ranking of -|e - m_c|^2). A class with no episode keeps its trained row."""
+    net = copy.deepcopy(net)
+    e, last = embed(net, card, episodes), _last_linear(net)
+    for c in np.unique(labels):
+        m = e[torch.from_numpy(labels == c)].mean(0)
+        last.weight.data[c], last.bias.data[c] = 2 * m, -(m @ m)
+    return net, card
+
+
+def _finetune(
+    net, card: ModelCard, episodes, labels, settings: dict, train: str
+) -> tuple[nn.Module, ModelCard]:
+    """Full-batch AdamW on the calibration episodes; batch norm keeps the base model's statistics."""
+    net = copy.deepcopy(net)
+    freeze(net, train)
+    x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
+    y = torch.from_numpy(labels)
+    optimizer = torch.optim.AdamW(
+        [p for p in net.parameters() if p.requires_grad], lr=settings["lr"], weight_decay=0
+    )
+    net.train()
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    for _ in range(settings["epochs"]):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x, lengths), y).backward()
+        optimizer.step()
+    for p in net.parameters():
+        p.requires_grad = True
+    return net.eval(), card
+
+
+@adaptation("finetune_head")
+def finetune_head(net, card, episodes, labels, settings):
+    """The classification head trained on the calibration episodes, the rest frozen."""
+    return _finetune(net, card, episodes, labels, settings, "head")
+
+
+@adaptation("finetune_all")
+def finetune_all(net, card, episodes, labels, settings):
+    """Every weight trained on the calibration episodes."""
+    return _finetune(net, card, episodes, labels, settings, "all")
+
+
+def check_methods(methods: list[str], key: str = "calibration.methods") -> None:
+    for method in methods:
+        unknown = [m for m in str(method).split("+") if m not in ADAPTATIONS]
+        if unknown:
+            raise ValueError(f"{key}: unknown method {', '.join(unknown)}; known: {', '.join(ADAPTATIONS)}")
+
+
+def adapt(
+    net: nn.Module,
+    card: ModelCard,
+    episodes: list[np.ndarray],
+    labels: np.ndarray,
+    method: str,
+    settings: dict,
+) -> tuple[nn.Module, ModelCard]:
+    """`method` (e.g. `renorm+prototype`) applied in order; the network is copied, never changed."""
+    check_methods([method])
+    torch.manual_seed(settings.get("seed", 0))
+    for step in method.split("+"):
+        net, card = ADAPTATIONS[step](net, card, episodes, labels, settings)
+    return net, card
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, card: ModelCard, episodes: list[np.ndarray], labels: np.ndarray) -> dict:
+    """Accuracy and macro F1 of a model on raw episodes, through the card as at inference."""
+    net.eval()
+    x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
+    pred = torch.cat([net(x[i : i + 256], lengths[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
+    return classification_metrics(labels, pred.numpy())
+
+
+def metric_name(method: str) -> str:
+    """MLflow allows no '+' in a metric name: `renorm+prototype` is logged as `renorm.prototype`."""
+    return method.replace("+", ".")
+
+
+def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray, settings: dict) -> dict:
+    """Metrics `fewshot/<method>/k<k>/draw<d>/acc` (and their mean over draws, `.../k<k>/acc`; a chain's
+    `+` logged as `.`) on a
+    signer the network never saw: each draw's k episodes per class calibrate, the rest are tested.
+    k = 0 is the base model on all of the signer's episodes (method `none`)."""
+    check_methods(settings["methods"])
+    metrics = {"fewshot/none/k0/acc": evaluate(net, card, episodes, labels)["acc"]}
+    for k in sorted(int(k) for k in settings["shots"] if int(k) > 0):
+        for draw in range(settings["draws"]):
+            calib, rest = data.draw_shots(labels, k, settings["seed"] + draw)
+            shots = [episodes[i] for i in calib]
+            for method in settings["methods"]:
+                tuned, tuned_card = adapt(net, card, shots, labels[calib], method, settings)
+                acc = evaluate(tuned, tuned_card, [episodes[i] for i in rest], labels[rest])["acc"]
+                metrics[f"fewshot/{metric_name(method)}/k{k}/draw{draw}/acc"] = acc
+    over_draws = defaultdict(list)
+    for key, value in metrics.items():
+        if "/draw" in key:
+            over_draws[key.split("/draw")[0] + "/acc"].append(value)
+    return {**metrics, **{k: float(np.mean(v)) for k, v in over_draws.items()}}

@@ -1,0 +1,239 @@
+"""Signer-robust preprocessing, augmentation and few-shot calibration, on the real episodes."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import calibrate, data
+from signglove_exp.card import read_checkpoint
+from signglove_exp.inference.onnx_export import export_onnx
+from signglove_exp.inference.recognizer import Recognizer
+from signglove_exp.training.adapt import adapt, evaluate
+from signglove_exp.training.augment import Augmenter
+from signglove_exp.training.train import train
+from tests.conftest import compose_config, episodes_root, run_sweep
+
+PRETRAINED = Path(__file__).parents[1] / "signglove_exp" / "bundled" / "pretrained" / "gru-reference.ckpt"
+
+
+@pytest.fixture(scope="module")
+def corpus(cache_dir):
+    cfg = compose_config(f"data.root={episodes_root()}", f"data.cache_dir={cache_dir}")
+    return data.load_corpus(
+        episodes_root(), list(cfg.data.classes), list(cfg.data.channels), 10, "unified_", "skip", cache_dir
+    )
+
+
+def signer_episodes(corpus, signer: str):
+    eps = [e for e in corpus.episodes if e.signer == signer and e.reason is None]
+    return [e.values for e in eps], np.array([e.label for e in eps])
+
+
+def test_shots_are_drawn_per_class_the_same_for_a_seed_and_never_tested(corpus):
+    _, labels = signer_episodes(corpus, "JY")
+    calib, rest = data.draw_shots(labels, 3, seed=5)
+    again, _ = data.draw_shots(labels, 3, seed=5)
+    other, _ = data.draw_shots(labels, 3, seed=6)
+    assert np.array_equal(calib, again) and not np.array_equal(calib, other)
+    assert not set(calib) & set(rest) and len(calib) + len(rest) == len(labels)
+    assert np.bincount(labels[calib]).tolist() == [3] * 24
+
+
+def test_per_signer_statistics_use_no_labels_and_only_that_signers_episodes(cache_dir):
+    def prepared(*overrides):
+        cfg = compose_config(
+            f"data.root={episodes_root()}", f"data.cache_dir={cache_dir}", "split=by_signer", *overrides
+        )
+        return data.prepare(cfg.data, cfg.split)
+
+    per_signer = prepared("data.normalize=per_signer", "split.test_signer=JY")
+    eps = per_signer.corpus.episodes
+    jy = [i for i in per_signer.parts["test"]]
+    stats = data.fit_scaler([eps[i].values for i in jy], per_signer.corpus.channels, 87)
+    x, _ = data.to_arrays([eps[i].values for i in jy], stats, 87, {"value": 0.0, "units": "scaled"})
+    np.testing.assert_array_equal(per_signer.arrays["test"][0], x)  # JY's statistics, from JY alone
+    assert not np.allclose(per_signer.arrays["test"][0], prepared("split.test_signer=JY").arrays["test"][0])
+    # labels are the class folders' order: permuting it relabels every episode, and changes no input
+    classes = "[" + ",".join(f"'{c}'" for c in reversed(compose_config().data.classes)) + "]"
+    relabelled = prepared("data.normalize=per_signer", "split.test_signer=JY", f"data.classes={classes}")
+    by_path = {eps[i].path: row for i, row in zip(jy, per_signer.arrays["test"][0], strict=True)}
+    other = relabelled.corpus.episodes
+    for i, row in zip(relabelled.parts["test"], relabelled.arrays["test"][0], strict=True):
+        np.testing.assert_array_equal(row, by_path[other[i].path])
+
+
+def test_transforms_wrap_angles_and_name_the_features():
+    episode = np.array([[800.0, 170.0, -170.0], [810.0, -175.0, 175.0]])
+    names = ["flex1", "roll", "yaw"]
+    (rel,), same = data.apply_transforms([episode], names, {"relative": ["yaw"]})
+    assert same == names and rel[1, 2] == pytest.approx(-15.0) and rel[0, 2] == 0.0  # 175 - -170, wrapped
+    (out,), features = data.apply_transforms([episode], names, {"sincos": ["roll"], "derivative": ["flex1"]})
+    assert features == ["flex1", "yaw", "sin_roll", "cos_roll", "d_flex1"]
+    rad = np.deg2rad([170.0, -175.0])
+    np.testing.assert_allclose(out[:, 2:4], np.stack([np.sin(rad), np.cos(rad)], axis=1))
+    assert out[:, 4].tolist() == [0.0, 10.0]
+    with pytest.raises(ValueError, match="data.transforms.relative: pitch not among the features"):
+        data.apply_transforms([episode], names, {"relative": ["pitch"]})
+
+
+def test_augmentation_is_seeded_keeps_padding_and_mixes_targets():
+    scaler = {
+        "channels": ["flex1", "pitch", "roll"],
+        "mean": [800.0, 10.0, -40.0],
+        "scale": [30.0, 25.0, 60.0],
+    }
+    strengths = {"jitter": 0.1, "gain": 0.2, "offset": 0.3, "rotate": 10.0, "time_warp": 0.2, "mixup": 0.4}
+    aug = Augmenter(strengths, 7, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
+    x, lengths = torch.randn(16, 87, 3), torch.randint(20, 81, (16,))
+    x[torch.arange(87) >= lengths.unsqueeze(1)] = 0.0
+    y = torch.arange(16) % 4
+    first, again = aug(x, lengths, y, 4, 0, 3), aug(x, lengths, y, 4, 0, 3)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], aug(x, lengths, y, 4, 1, 3)[0])  # another epoch, other draws
+    xa, la, ya = first
+    assert (xa[torch.arange(87) >= la.unsqueeze(1)] == 0).all() and (la <= 87).all()
+    assert torch.allclose(ya.sum(1), torch.ones(16)) and (ya.max(1).values < 1).any()
+    with pytest.raises(ValueError, match="augment.jitter=-1"):
+        Augmenter({"jitter": -1}, 0, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
+
+
+@pytest.fixture(scope="module")
+def robust_run(tmp_path_factory, cache_dir):
+    """A short real run with transforms, per-episode normalisation, augmentation and the few-shot grid."""
+    tmp = tmp_path_factory.mktemp("robust")
+    cfg = compose_config(
+        f"data.root={episodes_root()}",
+        f"data.cache_dir={cache_dir}",
+        f"paths.outputs={tmp / 'outputs'}",
+        f"paths.output_dir={tmp / 'run'}",
+        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
+        "tracking.log_model=false",
+        "split=by_signer",
+        "split.test_signer=JY",
+        "data.transforms.relative=[yaw]",
+        "data.transforms.derivative=[flex1,flex2]",
+        "data.normalize=per_episode",
+        "augment.gain=0.1",
+        "augment.time_warp=0.1",
+        "trainer=debug",
+        "calibration.shots=[2]",
+        "calibration.draws=2",
+        "calibration.methods=[prototype,renorm+finetune_head]",
+        "calibration.epochs=3",
+    )
+    metrics, objects = train(cfg)
+    return cfg, metrics, objects, tmp
+
+
+def test_a_robust_model_applies_its_preprocessing_the_same_in_recognition_and_onnx(robust_run, tmp_path):
+    cfg, metrics, objects, _ = robust_run
+    card, state, _ = read_checkpoint(objects["best_checkpoint"])
+    assert card.preprocess["features"][-2:] == ["d_flex1", "d_flex2"] and card.model["n_channels"] == 10
+    assert card.preprocess["normalize"] == "per_episode"
+    prepared = objects["prepared"]
+    x, lengths, y = prepared.arrays["test"]
+    raw = [prepared.corpus.episodes[i].values for i in prepared.parts["test"]]
+    net = card.build_net(state)
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(x), torch.from_numpy(lengths)), 1).numpy()
+    torch_probs = Recognizer.from_checkpoint(objects["best_checkpoint"]).probabilities(raw)
+    onnx_probs = Recognizer.from_onnx(export_onnx(net, card, tmp_path / "m.onnx")).probabilities(raw)
+    np.testing.assert_allclose(torch_probs, expected, atol=1e-6)
+    np.testing.assert_allclose(onnx_probs, expected, atol=1e-5)
+    assert metrics["test/acc"] == pytest.approx(
+        float((expected.argmax(1) == y).mean())
+    )  # test never augmented
+
+
+def test_the_few_shot_grid_is_logged_per_method_shot_and_draw(robust_run):
+    cfg, metrics, objects, _ = robust_run
+    logged = MlflowClient(cfg.tracking.uri).get_run(objects["run_id"]).data.metrics
+    for key in (
+        "fewshot/none/k0/acc",
+        "fewshot/prototype/k2/draw0/acc",
+        "fewshot/prototype/k2/draw1/acc",
+        "fewshot/renorm.finetune_head/k2/acc",
+    ):
+        assert 0 <= logged[key] <= 1, key
+    draws = [logged[f"fewshot/prototype/k2/draw{d}/acc"] for d in (0, 1)]
+    assert logged["fewshot/prototype/k2/acc"] == pytest.approx(np.mean(draws))
+    assert logged["fewshot/none/k0/acc"] == pytest.approx(metrics["test/acc"])  # k = 0: the base model
+
+
+def test_prototype_calibration_is_the_nearest_class_mean_on_the_embedding(corpus):
+    from signglove_exp.training.adapt import embed
+
+    net, card = Recognizer.from_checkpoint(PRETRAINED).net, read_checkpoint(PRETRAINED)[0]
+    raw, labels = signer_episodes(corpus, "JY")
+    calib, rest = data.draw_shots(labels, 3, seed=0)
+    tuned, tuned_card = adapt(net, card, [raw[i] for i in calib], labels[calib], "prototype", {})
+    e_calib, e_rest = embed(net, card, [raw[i] for i in calib]), embed(net, card, [raw[i] for i in rest])
+    means = torch.stack([e_calib[torch.from_numpy(labels[calib] == c)].mean(0) for c in range(24)])
+    nearest = torch.cdist(e_rest, means).argmin(1).numpy()
+    predicted = Recognizer.from_torch(tuned, tuned_card).probabilities([raw[i] for i in rest]).argmax(1)
+    assert (predicted == nearest).mean() > 0.999
+    assert tuned is not net and any(
+        not torch.equal(a, b)
+        for a, b in zip(net.state_dict().values(), tuned.state_dict().values(), strict=True)
+    )
+    assert evaluate(tuned, tuned_card, [raw[i] for i in rest], labels[rest])["acc"] > 0
+
+
+def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(corpus, tmp_path, monkeypatch):
+    folder = tmp_path / "my-recordings"
+    for e in [e for e in corpus.episodes if e.signer == "JY" and e.reason is None][::6]:
+        (folder / e.jamo / e.session).mkdir(parents=True, exist_ok=True)
+        shutil.copy(episodes_root() / e.path, folder / e.jamo / e.session / Path(e.path).name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    out = calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "2", "--tracking-uri", uri])
+    client = MlflowClient(uri)
+    run = client.get_run(out["run_id"])
+    assert (
+        run.data.tags["signglove.kind"] == "calibration" and run.data.params["method"] == "renorm+prototype"
+    )
+    assert out["test/acc"] == run.data.metrics["test/acc"]
+    rec = Recognizer.load(out["run_id"], uri)
+    assert rec.card.lineage["source"] == str(PRETRAINED) and rec.card.lineage["shots"] == 2
+    assert "source_lineage" in rec.card.lineage and rec.card.lineage["method"] == "renorm+prototype"
+    with open(
+        client.download_artifacts(out["run_id"], "calibration_manifest.csv", str(tmp_path)), encoding="utf-8"
+    ) as f:
+        rows = list(csv.DictReader(f))
+    calibration = [r for r in rows if r["role"] == "calibration"]
+    assert len(calibration) == 48 and {r["jamo"] for r in calibration} == set(rec.classes)
+    tested = [folder / r["path"] for r in rows if r["role"] == "test"]
+    predictions = rec.predict_files(tested)
+    truth = [p.parent.parent.name for p in tested]
+    assert np.mean([p.jamo == t for p, t in zip(predictions, truth, strict=True)]) == pytest.approx(
+        out["test/acc"]
+    )
+    served = Recognizer.load(f"runs:/{out['run_id']}/model", uri)  # the pyfunc model carries it too
+    assert served.card.lineage == rec.card.lineage
+
+
+def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, cache_dir):
+    client, runs, _ = run_sweep(
+        tmp_path,
+        cache_dir,
+        "sweep=calibration",
+        "model=gru",
+        "split.test_signer=JY",
+        "trainer.max_epochs=1",
+        "calibration.shots=[1,2]",
+        "calibration.draws=2",
+        "calibration.methods=[prototype]",
+        "tracking.log_model=false",
+    )
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    report = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path)))
+    text = (report / "report.md").read_text(encoding="utf-8")
+    assert "## Few-shot calibration on the held-out signer" in text
+    assert "| gru | prototype |" in text and (report / "calibration_curves.png").stat().st_size > 10_000
