@@ -127,10 +127,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
         log_pyfunc(uri, run_id, checkpoint, corpus.root / corpus.episodes[idx[0]].path, card)
     print(f"{described}: {len(calib)} episodes calibrated the model ({method}, {args.shots} per class).")
+    if (rec.card.preprocess or {}).get("normalize") == "per_signer" and "renorm" not in method.split("+"):
+        print("This model normalises per signer: a method starting with renorm gives it your statistics")
     if missing:
         print(
             f"No calibration episode for {' '.join(rec.classes[k] for k in missing)}: "
-            "those classes keep the base model's weights and statistics"
+            "those classes keep the base model's output weights"
         )
     if metrics:
         print(

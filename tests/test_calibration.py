@@ -100,6 +100,9 @@ def test_augmentation_is_seeded_keeps_padding_and_mixes_targets():
     xa, la, ya = first
     assert (xa[torch.arange(87) >= la.unsqueeze(1)] == 0).all() and (la <= 87).all()
     assert torch.allclose(ya.sum(1), torch.ones(16)) and (ya.max(1).values < 1).any()
+    preset = compose_config("augment=signer").augment
+    built = Augmenter(dict(preset), 0, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
+    assert [name for name, _ in built.steps] == ["jitter", "gain", "offset", "rotate", "time_warp"]
     with pytest.raises(ValueError, match="augment.jitter=-1"):
         Augmenter({"jitter": -1}, 0, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
 

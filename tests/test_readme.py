@@ -40,6 +40,12 @@ CHECKS = {
     "python -m signglove_exp sweep=signers": COMPOSE,
     "python -m signglove_exp sweep=signers data=no_yaw": COMPOSE,
     "python -m signglove_exp sweep=seeds hydra/launcher=joblib hydra.launcher.n_jobs=2": COMPOSE,
+    "python -m signglove_exp split=by_signer data.normalize=per_signer augment.gain=0.1 augment.offset=0.3": (
+        COMPOSE
+    ),
+    "python -m signglove_exp sweep=calibration": COMPOSE,
+    "python -m signglove_exp sweep=calibration model=gru calibration.shots=[5]": COMPOSE,
+    "python -m signglove_exp.calibrate model.ckpt --data /path/to/new/signer --shots 1": RUN,
     "python -m signglove_exp.report --sweep 2026-11-25_10-05-39": RUN,
     "python -m signglove_exp.report --filter \"params.split.strategy = 'by_signer'\"": RUN,
     "python -m signglove_exp.evaluate RUN_ID": RUN,

@@ -61,9 +61,8 @@ def to_arrays(
     n_features = len(scalers[0]["mean"]) if scalers else 0
     x = np.full((len(values), seq_len, n_features), padding["value"], dtype=np.float64)
     lengths = np.zeros(len(values), dtype=np.int64)
-    stats: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i, (v, s) in enumerate(zip(values, scalers, strict=True)):
-        mean, scale = stats.setdefault(id(s), (np.asarray(s["mean"]), np.asarray(s["scale"])))
+        mean, scale = np.asarray(s["mean"]), np.asarray(s["scale"])
         n = min(len(v), seq_len)
         if padding["units"] == "raw":
             x[i, :n] = v[:n]

@@ -1,11 +1,11 @@
-"""Signer-robust preprocessing, two registries: channel transforms and normalisation scopes.
+"""Signer-robust preprocessing: channel transforms (a registry) and the normalisation scopes.
 
 Both are train-time choices that travel in the model card (`preprocess`) and are applied by
 `model_inputs` identically in training, evaluation, recognition and the pyfunc model (ONNX graphs
 take their output). A transform maps one raw episode (n_timepoints, n_channels) and its feature
 names to new ones; `data.transforms` maps each registered name to the channels it applies to, run in
-that order. A normalisation scope says whose statistics scale an episode. To add either, decorate a
-function here and name it in config.
+that order; to add one, decorate a function here and name it in config. A normalisation scope says
+whose statistics scale an episode (`preprocess.episode_scalers`).
 """
 
 from __future__ import annotations
