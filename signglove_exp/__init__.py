@@ -21,6 +21,20 @@ def project_version() -> str:
         return "unknown"
 
 
+def registrar(table: dict):
+    """The decorator of a registry: `strategy = registrar(STRATEGIES)`, then `@strategy("name")` on a
+    function adds it under that name."""
+
+    def named(name: str):
+        def register(fn):
+            table[name] = fn
+            return fn
+
+        return register
+
+    return named
+
+
 def command(main) -> None:
     """Run a command's `main`: bad input (a ValueError or FileNotFoundError naming the file or setting)
     is one line on stderr and exit status 1, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback."""

@@ -220,6 +220,13 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(corpu
     )
     served = Recognizer.load(f"runs:/{out['run_id']}/model", uri)  # the pyfunc model carries it too
     assert served.card.lineage == rec.card.lineage
+    base = read_checkpoint(PRETRAINED)[0]
+    assert rec.card.scaler != base.scaler  # renorm: the new signer's statistics travel in the card
+    onnx = Recognizer.from_onnx(export_onnx(rec.net, rec.card, tmp_path / "personal.onnx"))
+    episodes = [rec.read(f) for f in tested[:40]]
+    np.testing.assert_allclose(onnx.probabilities(episodes), rec.probabilities(episodes), atol=1e-5)
+    with pytest.raises(ValueError, match="--method: unknown method nearest"):
+        calibrate.main([str(PRETRAINED), "--data", str(folder), "--method", "renorm+nearest"])
 
 
 def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, cache_dir):

@@ -12,19 +12,13 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from signglove_exp import registrar
 from signglove_exp.data.corpus import Corpus
 
 PARTS = ("train", "val", "test")
 Strategy = Callable[[np.ndarray, Corpus, object], dict[str, np.ndarray]]
 STRATEGIES: dict[str, Strategy] = {}
-
-
-def strategy(name: str) -> Callable[[Strategy], Strategy]:
-    def register(fn: Strategy) -> Strategy:
-        STRATEGIES[name] = fn
-        return fn
-
-    return register
+strategy = registrar(STRATEGIES)
 
 
 def _carve_val(

@@ -14,17 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from signglove_exp import registrar
+
 Transform = Callable[[np.ndarray, list[str], list[str]], tuple[np.ndarray, list[str]]]
 TRANSFORMS: dict[str, Transform] = {}
+transform = registrar(TRANSFORMS)
 SCOPES = ("global", "per_signer", "per_episode")  # normalisation: train statistics, the signer's, its own
-
-
-def transform(name: str) -> Callable[[Transform], Transform]:
-    def register(fn: Transform) -> Transform:
-        TRANSFORMS[name] = fn
-        return fn
-
-    return register
 
 
 def _columns(names: list[str], wanted: list[str], key: str) -> list[int]:

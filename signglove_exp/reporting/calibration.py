@@ -15,12 +15,18 @@ from signglove_exp.reporting import figures
 KEY = re.compile(r"^fewshot/(?P<method>[^/]+)/k(?P<k>\d+)(?:/draw\d+)?/acc$")
 
 
-def curves(runs: list[dict]) -> dict[tuple[str, str], dict[int, list[float]]]:
-    """(model, method) -> k -> accuracies over held-out signers and draws. k = 0 is the base model,
-    shared by every method."""
+POOLED = ("split.test_signer", "seed")  # what a curve's points pool over, with the draws
+
+
+def curves(runs: list[dict], settings: list[str]) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """(model and its `settings` values, method) -> k -> accuracies over held-out signers, seeds and
+    draws. k = 0 is the model as trained, shared by every method."""
     per_draw = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        model, metrics = r["params"].get("model.name", "?"), r["metrics"]
+        metrics = r["metrics"]
+        model = " ".join(
+            [r["params"].get("model.name", "?"), *(f"{k}={r['params'].get(k)}" for k in settings)]
+        )
         methods = {m["method"] for k in metrics if (m := KEY.match(k)) and m["method"] != "none"}
         for key, value in metrics.items():
             m = KEY.match(key)
@@ -31,10 +37,11 @@ def curves(runs: list[dict]) -> dict[tuple[str, str], dict[int, list[float]]]:
     return {key: dict(sorted(ks.items())) for key, ks in per_draw.items()}
 
 
-def calibration_section(runs: list[dict], out_dir: Path) -> tuple[list[str], list[Path]]:
+def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> tuple[list[str], list[Path]]:
     """Markdown lines (a table: mean [95% interval] per k) and the learning-curve figure; nothing
-    when no run measured calibration."""
-    data = curves(runs)
+    when no run measured calibration. `varying` params other than the held-out signer and the seed
+    (a normalisation scope, an augmentation) make rows of their own."""
+    data = curves(runs, [k for k in varying if k not in POOLED])
     if not data:
         return [], []
     shots = sorted({k for ks in data.values() for k in ks})
@@ -42,7 +49,7 @@ def calibration_section(runs: list[dict], out_dir: Path) -> tuple[list[str], lis
         "## Few-shot calibration on the held-out signer",
         "",
         "Test accuracy on the held-out signer's other episodes after calibrating with k labelled episodes "
-        "per class; mean [95% t-interval] over held-out signers x draws. k = 0: no calibration.",
+        "per class; mean [95% t-interval] over held-out signers x seeds x draws. k = 0: no calibration.",
         "",
         "| model | method | " + " | ".join(f"k={k}" for k in shots) + " |",
         "|---|---|" + "---:|" * len(shots),
@@ -50,7 +57,7 @@ def calibration_section(runs: list[dict], out_dir: Path) -> tuple[list[str], lis
     bands = {}
     for (model, method), ks in sorted(data.items()):
         stats = {k: summarise(v) for k, v in ks.items()}
-        bands[f"{model} {method}"] = stats
+        bands[(model, method)] = stats
         cells = [
             f"{s['mean']:.3f}" + (f" [{s['lo']:.3f}, {s['hi']:.3f}]" if s["n"] > 1 else "")
             if (s := stats.get(k))

@@ -215,7 +215,7 @@ def build_report(runs: list[dict], out_dir: Path, title: str) -> list[Path]:
         "![per-class F1](per_class_f1.png)",
         "",
     ]
-    calibration_lines, calibration_figures = calibration_section(runs, out_dir)
+    calibration_lines, calibration_figures = calibration_section(runs, out_dir, _varying_params(runs))
     lines += calibration_lines
 
     report = out_dir / "report.md"

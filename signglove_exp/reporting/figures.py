@@ -126,15 +126,23 @@ def per_class_heatmap(
     return path
 
 
-def learning_curves(bands: dict[str, dict[int, dict]], path: Path) -> Path:
-    """Accuracy against shots per class, one line per label with its 95% interval as a band."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for label, stats in bands.items():
+def learning_curves(bands: dict[tuple[str, str], dict[int, dict]], path: Path) -> Path:
+    """Accuracy against shots per class, one line per (model, method) with its 95% interval as a
+    band: a colour per model (and its settings), a line style per method."""
+    groups = list(dict.fromkeys(g for g, _ in bands))
+    methods = list(dict.fromkeys(m for _, m in bands))
+    colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for (group, method), stats in bands.items():
         ks = sorted(stats)
         mean = np.array([stats[k]["mean"] for k in ks])
-        ax.plot(ks, mean, marker="o", label=label)
+        colour = colours(groups.index(group) % colours.N)
+        style = styles[methods.index(method) % len(styles)]
+        ax.plot(ks, mean, marker="o", color=colour, linestyle=style, label=f"{group} {method}")
         lo, hi = (np.array([stats[k][b] for k in ks]) for b in ("lo", "hi"))
-        ax.fill_between(ks, np.where(np.isnan(lo), mean, lo), np.where(np.isnan(hi), mean, hi), alpha=0.15)
+        band = (np.where(np.isnan(lo), mean, lo), np.where(np.isnan(hi), mean, hi))
+        ax.fill_between(ks, *band, color=colour, alpha=0.08)
     ax.set_xlabel("labelled episodes per class of the new signer (k)")
     ax.set_ylabel("test accuracy on the new signer")
     ax.set_ylim(0, 1)

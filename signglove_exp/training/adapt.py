@@ -17,21 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from signglove_exp import data
+from signglove_exp import data, registrar
 from signglove_exp.card import ModelCard
 from signglove_exp.metrics import classification_metrics
 from signglove_exp.training.finetune import freeze
 
 Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
 ADAPTATIONS: dict[str, Method] = {}
-
-
-def adaptation(name: str) -> Callable[[Method], Method]:
-    def register(fn: Method) -> Method:
-        ADAPTATIONS[name] = fn
-        return fn
-
-    return register
+adaptation = registrar(ADAPTATIONS)
 
 
 @adaptation("renorm")

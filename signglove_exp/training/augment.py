@@ -13,17 +13,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from signglove_exp import registrar
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # x, lengths, targets (class probabilities)
 Augmentation = Callable[[Batch, float, torch.Generator, "Augmenter"], Batch]
 AUGMENTATIONS: dict[str, Augmentation] = {}
-
-
-def augmentation(name: str) -> Callable[[Augmentation], Augmentation]:
-    def register(fn: Augmentation) -> Augmentation:
-        AUGMENTATIONS[name] = fn
-        return fn
-
-    return register
+augmentation = registrar(AUGMENTATIONS)
 
 
 def _normal(shape, gen: torch.Generator) -> torch.Tensor:
