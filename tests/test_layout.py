@@ -40,10 +40,22 @@ def test_every_model_data_and_split_composes_and_builds(model, data, split, tmp_
     instantiate(cfg.optimizer)(net.parameters())
 
 
+def leaves(node, prefix: str = "") -> dict:
+    """Dotted key -> value of every leaf of a nested dict (lists are leaves)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {
+        k: v for key, value in node.items() for k, v in leaves(value, f"{prefix}.{key}".lstrip(".")).items()
+    }
+
+
 @pytest.mark.parametrize("preset", options("sweep"))
-def test_every_sweep_preset_composes(preset):
+def test_every_sweep_preset_composes_and_its_values_win(preset):
     cfg = compose_config(f"sweep={preset}")
     assert cfg.optimized_metric.startswith("val/")
+    own = OmegaConf.to_container(OmegaConf.load(CONF / "sweep" / f"{preset}.yaml"))
+    for key, value in leaves({k: v for k, v in own.items() if k not in ("defaults", "hydra")}).items():
+        assert OmegaConf.select(cfg, key) == value, f"sweep={preset}: {key} is overridden"
 
 
 def module_imports() -> dict[str, set[str]]:
