@@ -9,7 +9,6 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from signglove_exp.metrics import summarise
 from signglove_exp.reporting import figures
 
 KEY = re.compile(r"^fewshot/(?P<method>[^/]+)/k(?P<k>\d+)(?:/draw\d+)?/acc$")
@@ -38,7 +37,7 @@ def curves(runs: list[dict], settings: list[str]) -> dict[tuple[str, str], dict[
 
 
 def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> tuple[list[str], list[Path]]:
-    """Markdown lines (a table: mean [95% interval] per k) and the learning-curve figure; nothing
+    """Markdown lines (a table: mean [lowest, highest] per k) and the learning-curve figure; nothing
     when no run measured calibration. `varying` params other than the held-out signer and the seed
     (a normalisation scope, an augmentation) make rows of their own."""
     data = curves(runs, [k for k in varying if k not in POOLED])
@@ -49,14 +48,15 @@ def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> 
         "## Few-shot calibration on the held-out signer",
         "",
         "Test accuracy on the held-out signer's other episodes after calibrating with k labelled episodes "
-        "per class; mean [95% t-interval] over held-out signers x seeds x draws. k = 0: no calibration.",
+        "per class; mean [lowest, highest] over held-out signers x seeds x draws (the signers differ "
+        "systematically, so their range, not a t-interval, is shown). k = 0: no calibration.",
         "",
         "| model | method | " + " | ".join(f"k={k}" for k in shots) + " |",
         "|---|---|" + "---:|" * len(shots),
     ]
     bands = {}
     for (model, method), ks in sorted(data.items()):
-        stats = {k: summarise(v) for k, v in ks.items()}
+        stats = {k: {"mean": sum(v) / len(v), "lo": min(v), "hi": max(v), "n": len(v)} for k, v in ks.items()}
         bands[(model, method)] = stats
         cells = [
             f"{s['mean']:.3f}" + (f" [{s['lo']:.3f}, {s['hi']:.3f}]" if s["n"] > 1 else "")

@@ -127,27 +127,26 @@ def per_class_heatmap(
 
 
 def learning_curves(bands: dict[tuple[str, str], dict[int, dict]], path: Path) -> Path:
-    """Accuracy against shots per class, one line per (model, method) with its 95% interval as a
-    band: a colour per model (and its settings), a line style per method."""
+    """Accuracy against shots per class: a panel per method, a line per model (and its settings) with
+    its range over held-out signers and draws as a band."""
     groups = list(dict.fromkeys(g for g, _ in bands))
     methods = list(dict.fromkeys(m for _, m in bands))
     colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    styles = ["-", "--", ":", "-."]
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods) + 1, 4.5), sharey=True, squeeze=False)
     for (group, method), stats in bands.items():
+        ax = axes[0, methods.index(method)]
         ks = sorted(stats)
-        mean = np.array([stats[k]["mean"] for k in ks])
+        mean, lo, hi = (np.array([stats[k][b] for k in ks]) for b in ("mean", "lo", "hi"))
         colour = colours(groups.index(group) % colours.N)
-        style = styles[methods.index(method) % len(styles)]
-        ax.plot(ks, mean, marker="o", color=colour, linestyle=style, label=f"{group} {method}")
-        lo, hi = (np.array([stats[k][b] for k in ks]) for b in ("lo", "hi"))
-        band = (np.where(np.isnan(lo), mean, lo), np.where(np.isnan(hi), mean, hi))
-        ax.fill_between(ks, *band, color=colour, alpha=0.08)
-    ax.set_xlabel("labelled episodes per class of the new signer (k)")
-    ax.set_ylabel("test accuracy on the new signer")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        ax.plot(ks, mean, marker="o", color=colour, label=group)
+        ax.fill_between(ks, lo, hi, color=colour, alpha=0.12)
+    for ax, method in zip(axes[0], methods, strict=True):
+        ax.set_title(method)
+        ax.set_xlabel("labelled episodes per class (k)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test accuracy on the new signer")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
