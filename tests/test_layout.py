@@ -115,7 +115,7 @@ def test_no_module_shadows_the_standard_library():
 
 
 COMMANDS = ["signglove_exp", *(f"signglove_exp.{m}" for m in ("recognize", "evaluate", "report", "export"))]
-COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench", "upload", "calibrate")]
+COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench", "upload", "calibrate", "search")]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

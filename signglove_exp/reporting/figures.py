@@ -151,3 +151,27 @@ def learning_curves(bands: dict[tuple[str, str], dict[int, dict]], path: Path) -
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def study_plots(study, out_dir: Path) -> list[Path]:
+    """An Optuna study's optimisation history and, with two or more complete trials, its parameter
+    importances, as PNG files."""
+    import warnings
+
+    from optuna.visualization import matplotlib as plots
+
+    paths = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        drawings = [("optimization_history.png", plots.plot_optimization_history)]
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if len(complete) > 1:
+            drawings.append(("param_importances.png", plots.plot_param_importances))
+        for name, draw in drawings:
+            ax = draw(study)
+            ax.figure.set_size_inches(8, 5)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out_dir / name, dpi=110)
+            plt.close(ax.figure)
+            paths.append(out_dir / name)
+    return paths

@@ -339,3 +339,32 @@ def log_pyfunc(uri: str, run_id: str, checkpoint: Path, example_csv: Path, card:
                 metadata={CARD_KEY: card.to_dict()},
             )
     return info.model_uri
+
+
+def open_parent(cfg: DictConfig, name: str, tags: dict[str, str]) -> str:
+    """A parent run (a search's), under which child runs are folded in the MLflow UI."""
+    client, experiment = ensure_experiment(cfg)
+    run = client.create_run(
+        experiment, run_name=name, tags={"mlflow.source.git.commit": git_commit(), **tags}
+    )
+    return run.info.run_id
+
+
+def close_parent(uri: str, run_id: str, params: dict, metrics: dict, files: list[Path], status: str) -> None:
+    """Params, metrics and files (under `report/`) of a parent run, then its end."""
+    client = MlflowClient(uri)
+    client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()])
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, v)
+    for f in files:
+        client.log_artifact(run_id, str(f), "report")
+    client.set_terminated(run_id, status)
+
+
+def tag_run(uri: str, run_id: str, tags: dict[str, str], status: str | None = None) -> None:
+    """Tags on a run, and a new status (RUNNING again, KILLED) when given."""
+    client = MlflowClient(uri)
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    if status:
+        client.update_run(run_id, status)

@@ -97,8 +97,9 @@ def sweep_parent() -> dict | None:
     return sweep.read_parent(HydraConfig.get().sweep.dir)
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
-    """Train and test one configuration; returns (metrics, objects) and leaves a finished MLflow run."""
+def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[dict[str, float], dict]:
+    """Train and test one configuration; returns (metrics, objects) and leaves a finished MLflow run.
+    `callbacks` join the configured ones (a search's pruning)."""
     start = starting_point(cfg)
     if start.kind == "finished":
         print(f"Run {start.run_id} already finished: skipped")
@@ -160,15 +161,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict]:
         epoch = torch.load(start.checkpoint, map_location="cpu", weights_only=True)["epoch"]
         print(f"Resuming run {start.run_id} after epoch {epoch + 1}, from {start.checkpoint}")
     try:
-        metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir, start)
+        metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir, start, callbacks)
     except BaseException as error:
         runs.end_run(logger, out_dir, runs.stopped_status(error), error)
         raise
     runs.end_run(logger, out_dir, "FINISHED")
+    tested = "not tested (test=false)"
+    if cfg.test:
+        tested = f"test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f}"
     print(
-        f"\n{cfg.model.name}: test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f} "
-        f"(best epoch {int(metrics['best/epoch'])}, validation loss {metrics['best/val/loss']:.4f})\n"
-        f"Run folder: {out_dir}"
+        f"\n{cfg.model.name}: {tested} (best epoch {int(metrics['best/epoch'])}, validation loss "
+        f"{metrics['best/val/loss']:.4f})\nRun folder: {out_dir}"
     )
     if logger.offline:
         print(f"Not yet in MLflow (the store went away): python -m signglove_exp.upload {out_dir}")
@@ -196,6 +199,8 @@ def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Pa
         tags.update({"mlflow.parentRunId": parent["run_id"], "sweep": parent["sweep"]})
         if parallel_jobs() != 1:
             tags[SHARED_CPU] = "true"  # its time and latency are measured beside other jobs
+    elif cfg.tracking.parent_run:
+        tags["mlflow.parentRunId"] = cfg.tracking.parent_run
     if start.lineage:
         tags["signglove.init_from"] = start.lineage["source"]
         if start.lineage["source_run"]:
@@ -221,7 +226,9 @@ def calibration(cfg, prepared: data.Prepared, module: Classifier) -> dict[str, f
     return few_shot_grid(module.net, card, raw, labels, settings)
 
 
-def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_dir: Path, start: Start):
+def fit_and_test(
+    cfg, prepared: data.Prepared, module: Classifier, logger, out_dir: Path, start: Start, extra: tuple = ()
+):
     reports = data.write_reports(prepared, out_dir)
     if prepared.corpus.rejected:
         n_bad = len(prepared.corpus.rejected)
@@ -236,7 +243,7 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
     train_loader = loader(prepared.arrays["train"], cfg.data.batch_size, shuffle)
     val_loader = loader(prepared.arrays["val"], cfg.data.eval_batch_size)
     resume_state = ResumeState(shuffle)
-    callbacks = [*(instantiate(c) for c in cfg.callbacks.values()), resume_state]
+    callbacks = [*(instantiate(c) for c in cfg.callbacks.values()), resume_state, *extra]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ProgressBar())
     trainer: pl.Trainer = instantiate(
@@ -253,9 +260,13 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
             monitor.finish()
     train_s = resume_state.elapsed_s()
     best = trainer.checkpoint_callback.best_model_path
-    test_loader = loader(prepared.arrays["test"], cfg.data.eval_batch_size)
-    trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics = {}
+    if cfg.test:
+        test_loader = loader(prepared.arrays["test"], cfg.data.eval_batch_size)
+        trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    elif best:  # the best weights, as testing would have loaded them
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     validation = module.evaluate(*prepared.arrays["val"], batch_size=cfg.data.eval_batch_size)
     x_test, len_test, _ = (torch.from_numpy(a) for a in prepared.arrays["test"])
     metrics.update(
@@ -269,12 +280,14 @@ def fit_and_test(cfg, prepared: data.Prepared, module: Classifier, logger, out_d
             "time/latency_ms": latency_ms(module.net.cpu(), x_test, len_test),
         }
     )
-    if cfg.calibration.shots:
+    if cfg.calibration.shots and cfg.test:
         metrics.update(calibration(cfg, prepared, module))
     logger.log_metrics({k: v for k, v in metrics.items() if not k.startswith("test/")})
 
-    title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
-    confusion = figures.write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
+    confusion = []
+    if cfg.test:
+        title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
+        confusion = figures.write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
     client, run_id = logger.experiment, logger.run_id
     files = [*reports, out_dir / "config.yaml", *confusion]
     logger.send(lambda: runs.log_files(client, run_id, files), "files")

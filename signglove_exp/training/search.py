@@ -1,0 +1,170 @@
+"""An Optuna study over `train(cfg)`: each trial a config sampled from `search.params`, trained as an
+MLflow child run of the study's parent run and stopped early when Optuna's pruner says it trails.
+
+The study lives in an RDB storage, so a killed search continues where it stopped (a trial whose
+process died is failed after its heartbeat lapses and retried once) and several processes can work
+on one study. The objective is `optimized_metric` on validation; trials are never tested, and the
+best trial's checkpoint is tested once at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from signglove_exp import data
+from signglove_exp.card import read_checkpoint
+from signglove_exp.metrics import classification_metrics
+from signglove_exp.reporting import figures
+from signglove_exp.tracking import runs
+from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.training.cli import compose
+from signglove_exp.training.train import objective, train
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class Pruning(pl.Callback):
+    """Reports the objective after each validation epoch; stops a trial the pruner would prune (the
+    run then ends normally, FINISHED and tagged `optuna.state=PRUNED`)."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str):
+        self.trial, self.monitor, self.pruned = trial, monitor, False
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        self.trial.report(float(value), trainer.current_epoch)
+        if self.trial.should_prune():
+            self.pruned = trainer.should_stop = True
+
+
+def suggest(trial: optuna.Trial, key: str, spec: dict):
+    """One config value from its search-space entry: {choices: [...]} or {low, high, log, step}."""
+    if "choices" in spec:
+        return trial.suggest_categorical(key, list(spec["choices"]))
+    if not {"low", "high"} <= spec.keys():
+        raise ValueError(f"search.params.{key}: give choices, or low and high")
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    if isinstance(low, int) and isinstance(high, int):
+        return trial.suggest_int(key, low, high, step=spec.get("step", 1), log=log)
+    return trial.suggest_float(key, float(low), float(high), log=log)
+
+
+def direction(metric: str) -> str:
+    return "minimize" if metric.endswith("loss") else "maximize"
+
+
+def open_study(cfg: DictConfig) -> optuna.Study:
+    s = cfg.search
+    url = s.storage or f"sqlite:///{Path(cfg.paths.outputs).resolve() / 'optuna.db'}"
+    Path(cfg.paths.outputs).mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=s.heartbeat_s,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+    )
+    return optuna.create_study(
+        study_name=s.study,
+        storage=storage,
+        direction=direction(cfg.optimized_metric),
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs),
+        load_if_exists=True,
+    )
+
+
+def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
+    """The study run to `search.n_trials` finished trials; the best trial's values and test metrics."""
+    if not cfg.search.params:
+        raise ValueError(
+            "search.params is empty: name a search space, e.g. search=gru (signglove_exp/conf/search/)"
+        )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study, uri = open_study(cfg), tracking_uri(cfg)
+    parent = study.user_attrs.get("mlflow_parent_run")
+    if parent is None:
+        tags = {"optuna.study": study.study_name, "signglove.kind": "search"}
+        parent = runs.open_parent(cfg, f"search-{study.study_name}", tags)
+        study.set_user_attr("mlflow_parent_run", parent)
+    else:  # a study continued: its parent run again
+        runs.tag_run(uri, parent, {}, status="RUNNING")
+    root = Path(cfg.paths.outputs) / "search" / study.study_name
+    space = OmegaConf.to_container(cfg.search.params, resolve=True)
+
+    def run_trial(trial: optuna.Trial) -> float:
+        values = {key: suggest(trial, key, spec) for key, spec in space.items()}
+        trial_cfg = compose(
+            *overrides,
+            *(f"{k}={v}" for k, v in values.items()),
+            f"paths.output_dir={root / f'trial-{trial.number:03d}'}",
+            f"tracking.run_name={study.study_name}-trial{trial.number:03d}",
+            f"tracking.parent_run={parent}",
+            "test=false",
+            "tracking.log_model=false",
+        )
+        pruning = Pruning(trial, trial_cfg.optimized_metric)
+        metrics, objects = train(trial_cfg, callbacks=(pruning,))
+        trial.set_user_attr("run_id", objects["run_id"])
+        trial.set_user_attr("checkpoint", str(objects["best_checkpoint"]))
+        state = "PRUNED" if pruning.pruned else "COMPLETE"
+        runs.tag_run(uri, objects["run_id"], {"optuna.trial": str(trial.number), "optuna.state": state})
+        if pruning.pruned:
+            raise optuna.TrialPruned()
+        return objective(trial_cfg, metrics)
+
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if done < cfg.search.n_trials:
+        stop = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
+        try:
+            study.optimize(run_trial, n_trials=cfg.search.n_trials - done, callbacks=[stop])
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial fails in the study, the parent is KILLED
+            runs.tag_run(uri, parent, {}, status="KILLED")
+            print(f"Stopped. The same command continues study {study.study_name}.", file=sys.stderr)
+            raise
+    return finish(cfg, study, parent, root)
+
+
+def finish(cfg: DictConfig, study: optuna.Study, parent: str, root: Path) -> dict:
+    """The best trial's checkpoint tested once, and the study's summary and plots on the parent run."""
+    best = study.best_trial
+    test = test_checkpoint(Path(best.user_attrs["checkpoint"]))
+    uri = tracking_uri(cfg)
+    runs.tag_run(uri, best.user_attrs["run_id"], {"optuna.best": "true"})
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    counts = {s.name.lower(): states.count(s) for s in optuna.trial.TrialState}
+    params = {**{f"best.{k}": v for k, v in best.params.items()}, "best.trial": best.number}
+    metrics = {f"best/{cfg.optimized_metric}": best.value, **{f"test/{k}": v for k, v in test.items()}}
+    metrics.update({f"trials/{k}": v for k, v in counts.items() if v})
+    root.mkdir(parents=True, exist_ok=True)
+    files = figures.study_plots(study, root)
+    runs.close_parent(uri, parent, params, metrics, files, "FINISHED")
+    print(
+        f"Study {study.study_name}: {counts['complete']} complete, {counts['pruned']} pruned. Best trial "
+        f"{best.number}: {cfg.optimized_metric} {best.value:.4f}, test acc {test['acc']:.4f} (tested once)\n"
+        f"  {', '.join(f'{k}={v}' for k, v in best.params.items())}"
+    )
+    return {"best_trial": best.number, "best_value": best.value, "params": best.params, **metrics}
+
+
+@torch.no_grad()
+def test_checkpoint(checkpoint: Path) -> dict[str, float]:
+    """A checkpoint on its own run's test part, prepared as it was trained (its card's config)."""
+    card, state, _ = read_checkpoint(checkpoint)
+    cfg = OmegaConf.create(card.config)
+    x, lengths, y = data.prepare(cfg.data, cfg.split, card.scaler).arrays["test"]
+    net = card.build_net(state)
+    logits = torch.cat(
+        [
+            net(torch.from_numpy(x[i : i + 256]), torch.from_numpy(lengths[i : i + 256]))
+            for i in range(0, len(y), 256)
+        ]
+    )
+    return classification_metrics(y, np.asarray(logits.argmax(1)))

@@ -1,0 +1,90 @@
+"""Optuna search: one command, trials as child runs of one parent, pruning, a study that survives a kill."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import search
+from tests.conftest import cli_env, store_overrides
+
+FAST = ["trainer=debug", "trainer.max_epochs=4", "trainer.limit_train_batches=3", "search.warmup_epochs=1"]
+
+
+def study_overrides(tmp_path, cache_dir, n_trials: int) -> list[str]:
+    return [
+        *store_overrides(tmp_path, cache_dir),
+        "search=gru",
+        f"search.n_trials={n_trials}",
+        "search.startup_trials=2",
+        f"search.storage=sqlite:///{tmp_path / 'optuna.db'}",
+        *FAST,
+    ]
+
+
+def test_a_study_prunes_logs_every_trial_under_one_parent_and_tests_only_the_best(tmp_path, cache_dir):
+    result = search.main(study_overrides(tmp_path, cache_dir, 6))
+    study = optuna.load_study(study_name="gru-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and optuna.trial.TrialState.PRUNED in states
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("signglove.kind") == "search"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in trials) == list(range(6))
+    assert not any(k.startswith("test/") for r in trials for k in r.data.metrics)  # trials are never tested
+    assert parent.data.metrics["test/acc"] == result["test/acc"] and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best/val/loss"] == study.best_value
+    (best,) = [r for r in trials if r.data.tags.get("optuna.best") == "true"]
+    assert int(best.data.tags["optuna.trial"]) == study.best_trial.number
+    assert float(best.data.params["optimizer.lr"]) == study.best_params["optimizer.lr"]
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/optimization_history.png", "report/param_importances.png"} <= names
+
+
+def test_a_killed_search_continues_its_study_and_parent_run(tmp_path, cache_dir, spawn):
+    overrides = study_overrides(tmp_path, cache_dir, 4)
+    proc = spawn([sys.executable, "-m", "signglove_exp.search", *overrides], cwd=tmp_path, env=cli_env())
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            trials = optuna.load_study(study_name="gru-search", storage=storage).trials
+        except KeyError:
+            continue
+        if sum(t.state.is_finished() for t in trials) >= 1:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    parent_before = optuna.load_study(study_name="gru-search", storage=storage).user_attrs[
+        "mlflow_parent_run"
+    ]
+    result = search.main([*overrides, "search.heartbeat_s=1"])
+    study = optuna.load_study(study_name="gru-search", storage=storage)
+    assert study.user_attrs["mlflow_parent_run"] == parent_before
+    assert (
+        sum(
+            t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            for t in study.trials
+        )
+        >= 4
+    )
+    assert result["best_trial"] == study.best_trial.number
+
+
+def test_every_search_space_names_real_config_keys():
+    from omegaconf import OmegaConf
+
+    from signglove_exp import CONF_DIR
+    from signglove_exp.training.cli import compose
+
+    for preset in sorted(p.stem for p in (CONF_DIR / "search").glob("*.yaml")):
+        cfg = compose(f"search={preset}")
+        assert cfg.model.name == preset and cfg.search.params
+        for key in cfg.search.params:
+            assert OmegaConf.select(cfg, key) is not None, f"search={preset}: {key} is not a config key"
