@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 
-.PHONY: setup train sweep test lint ui bench bench-train clean
+.PHONY: setup train sweep test lint server ui bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "Setting up $(VENV): signglove-exp and its dependencies (first time only; a few minutes)"
@@ -34,6 +34,11 @@ bench: setup  ## inference latency table: four architectures, PyTorch vs ONNX Ru
 
 bench-train: setup  ## training speed against upstream's recipe, side by side (ARGS="--sweep" adds the full sweep)
 	$(BIN)/python -m signglove_exp.bench_train $(ARGS)
+
+server: setup  ## a team's tracking server on http://127.0.0.1:5000 (SQLite + artifacts under outputs/server/)
+	mkdir -p outputs/server
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(CURDIR)/outputs/server/mlflow.db \
+		--artifacts-destination $(CURDIR)/outputs/server/artifacts --host 127.0.0.1 --port 5000
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the local store
 	$(BIN)/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port 5000

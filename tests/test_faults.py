@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,16 @@ from mlflow.tracking import MlflowClient
 from signglove_exp import BUNDLED_DIR, data, evaluate, upload
 from signglove_exp.card import read_card
 from signglove_exp.metrics import classification_metrics
-from tests.conftest import cli_command, cli_env, compose_config, episodes_root, store_overrides
+from tests.conftest import (
+    cli_command,
+    cli_env,
+    compose_config,
+    episodes_root,
+    free_port,
+    start_server,
+    stop_server,
+    store_overrides,
+)
 
 REFERENCE = BUNDLED_DIR / "pretrained" / "gru-reference.ckpt"
 BUNDLED = episodes_root()
@@ -107,36 +114,6 @@ def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_di
 
 
 # 4. A tracking server that goes away
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(spawn, root: Path, port: int) -> subprocess.Popen:
-    mlflow = Path(sys.executable).with_name("mlflow")
-    server = spawn(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}"]
-        + ["--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-        + ["--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-            time.sleep(0.3)
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=60)
 
 
 def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_path, cache_dir, spawn):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from signglove_exp import default_outputs
+from signglove_exp.tracking.runs import CONFUSION_TAG
 from signglove_exp.tracking.store import resolve_uri
 
 
@@ -43,7 +45,11 @@ class RunSelection:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in self.describe())[:80]
 
 
-def _confusion(client: MlflowClient, run_id: str) -> tuple[list[str], np.ndarray] | None:
+def _confusion(client: MlflowClient, run_id: str, tags: dict) -> tuple[list[str], np.ndarray] | None:
+    """From the run's tag (one query for all runs), else its confusion_matrix.csv (older runs)."""
+    if CONFUSION_TAG in tags:
+        matrix = json.loads(tags[CONFUSION_TAG])
+        return matrix["classes"], np.array(matrix["counts"])
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run_id, "confusion_matrix.csv", tmp)
@@ -74,7 +80,7 @@ def fetch_runs(selection: RunSelection) -> tuple[list[dict], list[str]]:
     for r in found:
         if "mlflow.parentRunId" not in r.data.tags and "test/acc" not in r.data.metrics:
             continue  # a sweep's own parent run
-        confusion = _confusion(client, r.info.run_id)
+        confusion = _confusion(client, r.info.run_id, r.data.tags)
         runs.append(
             {
                 "run_id": r.info.run_id,

@@ -42,6 +42,8 @@ from signglove_exp.tracking.store import (
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 LOCAL_METRICS = "metrics.jsonl"  # in a run folder: every metric logged, one JSON object a line
 RUN_RECORD = "run.json"  # in a run folder: the MLflow run it belongs to, and the process running it
+CONFUSION_TAG = "signglove.test_confusion"  # the test confusion matrix, so reports need no download per run
+MAX_TAG_CHARS = 8000  # MLflow's limit on a tag value
 SWEEP_RECORD = "sweep_run.json"  # in a sweep folder: the parent run, its sweep tag, store and process
 PYFUNC_REQUIREMENTS = ["torch==2.13.0", "pytorch-lightning>=2.6,<2.7", "numpy", "scikit-learn", "pandas"]
 
@@ -339,6 +341,15 @@ def log_pyfunc(uri: str, run_id: str, checkpoint: Path, example_csv: Path, card:
                 metadata={CARD_KEY: card.to_dict()},
             )
     return info.model_uri
+
+
+def log_confusion(client: MlflowClient, run_id: str, classes: list[str], counts) -> None:
+    """The test confusion matrix as a compact tag (rows true, columns predicted), when it fits."""
+    value = json.dumps(
+        {"classes": classes, "counts": counts.tolist()}, ensure_ascii=False, separators=(",", ":")
+    )
+    if len(value) <= MAX_TAG_CHARS:
+        client.set_tag(run_id, CONFUSION_TAG, value)
 
 
 def open_parent(cfg: DictConfig, name: str, tags: dict[str, str]) -> str:

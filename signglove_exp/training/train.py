@@ -289,6 +289,9 @@ def fit_and_test(
         title = f"{cfg.model.name} seed {cfg.seed}: test acc {metrics['test/acc']:.4f}"
         confusion = figures.write_confusion(module.test_confusion, prepared.corpus.classes, out_dir, title)
     client, run_id = logger.experiment, logger.run_id
+    if cfg.test:
+        matrix = (client, run_id, prepared.corpus.classes, module.test_confusion)
+        logger.send(lambda: runs.log_confusion(*matrix), "the confusion matrix")
     files = [*reports, out_dir / "config.yaml", *confusion]
     logger.send(lambda: runs.log_files(client, run_id, files), "files")
     if best:

@@ -1,0 +1,87 @@
+"""A team's tracking server (a real `mlflow server` on 127.0.0.1) and a model behind HTTP (a real
+`mlflow models serve`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from signglove_exp import report
+from tests.conftest import cli_env, episodes_root, free_port, run_cli, start_server, store_overrides
+
+
+def every_artifact(client: MlflowClient, run_id: str, path: str | None = None) -> list:
+    found = []
+    for a in client.list_artifacts(run_id, path):
+        found += every_artifact(client, run_id, a.path) if a.is_dir else [a]
+    return found
+
+
+def test_a_sweep_against_a_shared_server_downloads_back_and_reports_without_files(
+    tmp_path, cache_dir, spawn, monkeypatch
+):
+    port = free_port()
+    start_server(spawn, tmp_path, port)
+    uri = f"http://127.0.0.1:{port}"
+    overrides = [o for o in store_overrides(tmp_path, cache_dir) if not o.startswith("tracking.uri=")]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_cli(
+        "-m",
+        *overrides,
+        "model=gru",
+        "seed=1,2",
+        "trainer=debug",
+        f"hydra.sweep.dir={tmp_path / 'sw'}",
+        cwd=tmp_path,
+    )
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    assert len(runs) == 3 and not (tmp_path / "outputs" / "mlflow.db").exists()
+    for run in runs:
+        for artifact in every_artifact(client, run.info.run_id):
+            local = Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path / "back")))
+            assert local.stat().st_size == artifact.file_size, artifact.path
+    shutil.rmtree(tmp_path / "artifacts")  # the report reads the runs' records only, no file per run
+    lines = report.main(["--sweep", "sw", "--out", str(tmp_path / "report")])
+    assert "gru" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8") and lines
+
+
+def test_mlflow_models_serve_answers_a_real_episode(cli_run, tmp_path, spawn):
+    client, run, home, _ = cli_run
+    port = free_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    env = cli_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    server = spawn(
+        [str(mlflow), "models", "serve", "-m", f"runs:/{run.info.run_id}/model", "--env-manager", "local"]
+        + ["--host", "127.0.0.1", "--port", str(port)],
+        cwd=home,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    episode = sorted(episodes_root().rglob("episode_*.csv"))[0]
+    frame = pd.read_csv(episode)
+    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
+    deadline = time.time() + 180
+    while True:
+        try:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "mlflow models serve did not answer"
+            time.sleep(0.5)
+    (row,) = answer["predictions"]
+    jamo = episode.parent.parent.name
+    assert row["jamo"] == jamo and 0 < row["confidence"] <= 1 and row["top3"].startswith(f"{jamo}:")
