@@ -46,6 +46,8 @@ CHECKS = {
     "python -m signglove_exp sweep=calibration": COMPOSE,
     "python -m signglove_exp sweep=calibration model=gru calibration.shots=[5]": COMPOSE,
     "python -m signglove_exp.calibrate model.ckpt --data /path/to/new/signer --shots 1": RUN,
+    "python -m signglove_exp.search search=gru search.n_trials=20": RUN,
+    "python -m signglove_exp sweep=seeds hydra/launcher=slurm hydra.launcher.partition=cpu": COMPOSE,
     "python -m signglove_exp.report --sweep 2026-11-25_10-05-39": RUN,
     "python -m signglove_exp.report --filter \"params.split.strategy = 'by_signer'\"": RUN,
     "python -m signglove_exp.evaluate RUN_ID": RUN,
@@ -118,6 +120,8 @@ def as_run(command: str, home: Path) -> str:
     command = command.replace("RUN_ID", run_id).replace("/path/to/new/signer", str(home / "new-signer"))
     if command.startswith("python -m signglove_exp ") and "=" in command and "resume=" not in command:
         command += " trainer=debug " + " ".join(SHORT)
+    if command.startswith("python -m signglove_exp.search"):  # two short trials, not twenty long ones
+        command = command.replace("n_trials=20", "n_trials=2") + " trainer=debug " + " ".join(SHORT)
     if "--follow" in command:
         command += " --idle 1"  # the README's follows a glove forever; here the file stops growing
     return command
