@@ -26,15 +26,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     from signglove_exp.training.cli import compose
     from signglove_exp.training.search import run_search
 
+    received: list[int] = []
+
+    def stop(signum, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, stop)  # a cluster's preemption: stopped like Ctrl-C, the study kept
     try:
         return run_search(compose(*overrides), overrides)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-
-
-def stop(signum, frame) -> None:
-    raise KeyboardInterrupt
+    except (KeyboardInterrupt, SystemExit):
+        raise SystemExit(128 + (received[0] if received else signal.SIGINT)) from None
 
 
 if __name__ == "__main__":

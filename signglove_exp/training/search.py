@@ -125,7 +125,7 @@ def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
         stop = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
         try:
             study.optimize(run_trial, n_trials=cfg.search.n_trials - done, callbacks=[stop])
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the trial fails in the study, the parent is KILLED
+        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM (Lightning exits on them): parent KILLED
             runs.tag_run(uri, parent, {}, status="KILLED")
             print(f"Stopped. The same command continues study {study.study_name}.", file=sys.stderr)
             raise
