@@ -69,7 +69,7 @@ def open_study(cfg: DictConfig) -> optuna.Study:
     storage = optuna.storages.RDBStorage(
         url,
         heartbeat_interval=s.heartbeat_s,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
     )
     return optuna.create_study(
         study_name=s.study,
