@@ -50,6 +50,7 @@ def test_a_preempted_job_is_requeued_and_resumes_into_the_same_run(tmp_path, cac
             "hydra/launcher=submitit_local",
             "model=gru",
             "seed=1",
+            "trainer=debug",
             "trainer.max_epochs=8",
             "trainer.limit_train_batches=6",
             "callbacks.early_stopping.patience=100",
