@@ -15,7 +15,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import report
-from tests.conftest import cli_env, episodes_root, free_port, run_cli, start_server, store_overrides
+from tests.conftest import cli_command, cli_env, episodes_root, free_port, start_server, store_overrides
 
 
 def every_artifact(client: MlflowClient, run_id: str, path: str | None = None) -> list:
@@ -33,15 +33,13 @@ def test_a_sweep_against_a_shared_server_downloads_back_and_reports_without_file
     uri = f"http://127.0.0.1:{port}"
     overrides = [o for o in store_overrides(tmp_path, cache_dir) if not o.startswith("tracking.uri=")]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    run_cli(
-        "-m",
-        *overrides,
-        "model=gru",
-        "seed=1,2",
-        "trainer=debug",
-        f"hydra.sweep.dir={tmp_path / 'sw'}",
-        cwd=tmp_path,
+    sweep = cli_command(
+        "-m", *overrides, "model=gru", "seed=1,2", "trainer=debug", f"hydra.sweep.dir={tmp_path / 'sw'}"
     )
+    done = subprocess.run(
+        sweep, cwd=tmp_path, env=cli_env() | {"MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     assert len(runs) == 3 and not (tmp_path / "outputs" / "mlflow.db").exists()
@@ -50,8 +48,9 @@ def test_a_sweep_against_a_shared_server_downloads_back_and_reports_without_file
             local = Path(client.download_artifacts(run.info.run_id, artifact.path, str(tmp_path / "back")))
             assert local.stat().st_size == artifact.file_size, artifact.path
     shutil.rmtree(tmp_path / "artifacts")  # the report reads the runs' records only, no file per run
-    lines = report.main(["--sweep", "sw", "--out", str(tmp_path / "report")])
-    assert "gru" in (tmp_path / "report" / "report.md").read_text(encoding="utf-8") and lines
+    report.main(["--sweep", "sw", "--out", str(tmp_path / "report")])
+    text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "2 finished runs" in text and "- gru: " in text  # confusion pairs, from the runs' tags
 
 
 def test_mlflow_models_serve_answers_a_real_episode(cli_run, tmp_path, spawn):
@@ -59,13 +58,14 @@ def test_mlflow_models_serve_answers_a_real_episode(cli_run, tmp_path, spawn):
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     env = cli_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    env["PATH"] = f"{mlflow.parent}:{env['PATH']}"  # the server runs uvicorn from the environment's bin/
     server = spawn(
         [str(mlflow), "models", "serve", "-m", f"runs:/{run.info.run_id}/model", "--env-manager", "local"]
         + ["--host", "127.0.0.1", "--port", str(port)],
         cwd=home,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115 (closed with the process)
     )
     episode = sorted(episodes_root().rglob("episode_*.csv"))[0]
     frame = pd.read_csv(episode)
@@ -80,7 +80,10 @@ def test_mlflow_models_serve_answers_a_real_episode(cli_run, tmp_path, spawn):
                 answer = json.loads(response.read())
             break
         except OSError:
-            assert server.poll() is None and time.time() < deadline, "mlflow models serve did not answer"
+            log = (tmp_path / "serve.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+            assert server.poll() is None and time.time() < deadline, (
+                f"mlflow models serve did not answer: {log}"
+            )
             time.sleep(0.5)
     (row,) = answer["predictions"]
     jamo = episode.parent.parent.name
