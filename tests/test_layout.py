@@ -49,13 +49,14 @@ def leaves(node, prefix: str = "") -> dict:
     }
 
 
-@pytest.mark.parametrize("preset", options("sweep"))
-def test_every_sweep_preset_composes_and_its_values_win(preset):
-    cfg = compose_config(f"sweep={preset}")
+@pytest.mark.parametrize("group,preset", [(g, p) for g in ("sweep", "search") for p in options(g)])
+def test_every_sweep_and_search_preset_composes_and_its_values_win(group, preset):
+    cfg = compose_config(f"{group}={preset}")
     assert cfg.optimized_metric.startswith("val/")
-    own = OmegaConf.to_container(OmegaConf.load(CONF / "sweep" / f"{preset}.yaml"))
+    own = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{preset}.yaml"))
+    composed = leaves(OmegaConf.to_container(cfg))
     for key, value in leaves({k: v for k, v in own.items() if k not in ("defaults", "hydra")}).items():
-        assert OmegaConf.select(cfg, key) == value, f"sweep={preset}: {key} is overridden"
+        assert composed[key] == value, f"{group}={preset}: {key} is overridden"
 
 
 def module_imports() -> dict[str, set[str]]:
