@@ -1,6 +1,6 @@
 """Hyper-parameter search with Optuna, over the same Hydra configs as training.
 
-python -m signglove_exp.search search=gru search.n_trials=20 [any other override]
+usage: python -m signglove_exp.search search=NAME [search.n_trials=N] [any training override ...]
 
 The search space is a config group (signglove_exp/conf/search/<name>.yaml: config key -> range or
 choices). The study is kept in `search.storage` (default: SQLite at outputs/optuna.db), so a killed

@@ -67,12 +67,12 @@ def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split)
             rec, stream_rows(replay_lines(root, episodes), rec.channels), StreamSettings()
         )
     ]
-    assert edit_distance(emitted, [e.jamo for e in episodes]) <= 0.05 * len(episodes)
+    assert edit_distance(emitted, [e.jamo for e in episodes]) <= 1
 
 
 def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     root, episodes = test_split
-    episodes = episodes[:24]  # about 45 s of signing
+    episodes = episodes[:12]  # about 22 s of signing
     lines = replay_lines(root, episodes)
     capture = tmp_path / "glove.csv"
     capture.write_text(lines[0] + "\n", encoding="utf-8")
@@ -111,7 +111,7 @@ def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.time() - started > 0.02 * (len(lines) - 1)  # it really ran at the glove's pace
     emitted = [line.split("\t")[1] for line in proc.stdout.splitlines() if line.count("\t") == 2]
-    assert edit_distance(emitted, [e.jamo for e in episodes]) <= 0.05 * len(episodes)
+    assert edit_distance(emitted, [e.jamo for e in episodes]) <= 1
     rec = Recognizer.load(REFERENCE)
     fast = [e["jamo"] for e in recognise_stream(rec, stream_rows(lines, rec.channels), StreamSettings())]
     assert emitted == fast  # the pace of arrival does not change what is recognised

@@ -72,7 +72,7 @@ def open_study(cfg: DictConfig) -> optuna.Study:
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
     )
     return optuna.create_study(
-        study_name=s.study,
+        study_name=s.study or f"{cfg.model.name}-search",
         storage=storage,
         direction=direction(cfg.optimized_metric),
         sampler=optuna.samplers.TPESampler(seed=cfg.seed),
