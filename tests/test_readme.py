@@ -7,23 +7,29 @@ others run for real after a short training run in the same folder, with the READ
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import BUNDLED_DIR, PACKAGE_DIR
-from tests.conftest import cli_env, episodes_root
+from signglove_exp.inference.recognizer import Recognizer
+from tests.conftest import cli_env, episodes_root, free_port
 
 README = PACKAGE_DIR.parent / "README.md"
-COMPOSE, RUN, MAKE = "compose", "run", "make"
+COMPOSE, RUN, MAKE, SERVE = "compose", "run", "make", "serve"
 CHECKS = {
     "make train": MAKE,  # the README's own two commands: CI runs `make test`; `make train` is timed by hand
     "make test": MAKE,
+    "make server": MAKE,
     "python -m signglove_exp": COMPOSE,
     "python -m signglove_exp model=ms3d_stacked_gru": COMPOSE,
     "python -m signglove_exp model=gru seed=7 optimizer.lr=3e-3 trainer.max_epochs=50": COMPOSE,
@@ -60,6 +66,8 @@ CHECKS = {
     "python -m signglove_exp.recognize gru.onnx a.csv": RUN,
     "MLFLOW_TRACKING_URI=sqlite:///$PWD/outputs/mlflow.db mlflow models predict -m runs:/RUN_ID/model "
     "-i episode.csv -t csv --env-manager local": RUN,
+    "MLFLOW_TRACKING_URI=sqlite:///$PWD/outputs/mlflow.db mlflow models serve -m runs:/RUN_ID/model "
+    "--env-manager local --host 127.0.0.1 --port 5001": SERVE,
 }
 SHORT = ["trainer.max_epochs=2", "trainer.limit_train_batches=3"]  # appended to the training commands run
 
@@ -151,3 +159,41 @@ def test_readme_commands_run_as_written(folder):
     assert not failed, "\n".join(failed)
     assert not (folder / "mlflow.db").exists() and not (folder / "mlruns").exists()  # no stray stores
     assert (folder / "predictions.csv").is_file() and (folder / "gru.onnx").is_file()
+
+
+def test_the_serving_command_answers_a_real_episode_as_recognize_does(folder, spawn):
+    """`mlflow models serve` as the README writes it; one real episode over HTTP gets the jamo and
+    probability that the run's own model gives (its channels, transforms and scaler applied)."""
+    (command,) = [c for c, how in CHECKS.items() if how == SERVE]
+    port = free_port()
+    log = folder / "serve.log"
+    env = cli_env() | {"PATH": f"{Path(sys.executable).parent}:{cli_env()['PATH']}"}
+    server = spawn(
+        as_run(command, folder).replace("--port 5001", f"--port {port}"),
+        shell=True,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),  # noqa: SIM115 (closed with the process)
+    )
+    frame = pd.read_csv(folder / "a.csv")
+    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+    )
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                (row,) = json.loads(response.read())["predictions"]
+            break
+        except OSError:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            assert server.poll() is None and time.time() < deadline, f"the server did not answer: {tail}"
+            time.sleep(0.5)
+    client = MlflowClient(f"sqlite:///{folder / 'outputs' / 'mlflow.db'}")
+    run_id = as_run("RUN_ID", folder)
+    rec = Recognizer.load(run_id, client.tracking_uri)
+    expected = rec.predict(rec.read(folder / "a.csv"))
+    assert row["jamo"] == expected.jamo and row["top3"].startswith(f"{expected.jamo}:")
+    assert abs(row["confidence"] - expected.confidence) < 1e-5

@@ -1,21 +1,16 @@
-"""A team's tracking server (a real `mlflow server` on 127.0.0.1) and a model behind HTTP (a real
-`mlflow models serve`)."""
+"""A team's tracking server: a real `mlflow server` on 127.0.0.1 (the model behind HTTP, `mlflow models
+serve`, is checked with the README's command in test_readme.py)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import report
-from tests.conftest import cli_command, cli_env, episodes_root, free_port, start_server, store_overrides
+from tests.conftest import cli_command, cli_env, free_port, start_server, store_overrides
 
 
 def every_artifact(client: MlflowClient, run_id: str, path: str | None = None) -> list:
@@ -51,40 +46,3 @@ def test_a_sweep_against_a_shared_server_downloads_back_and_reports_without_file
     report.main(["--sweep", "sw", "--out", str(tmp_path / "report")])
     text = (tmp_path / "report" / "report.md").read_text(encoding="utf-8")
     assert "2 finished runs" in text and "- gru: " in text  # confusion pairs, from the runs' tags
-
-
-def test_mlflow_models_serve_answers_a_real_episode(cli_run, tmp_path, spawn):
-    client, run, home, _ = cli_run
-    port = free_port()
-    mlflow = Path(sys.executable).with_name("mlflow")
-    env = cli_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-    env["PATH"] = f"{mlflow.parent}:{env['PATH']}"  # the server runs uvicorn from the environment's bin/
-    server = spawn(
-        [str(mlflow), "models", "serve", "-m", f"runs:/{run.info.run_id}/model", "--env-manager", "local"]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        cwd=home,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "serve.log", "w"),  # noqa: SIM115 (closed with the process)
-    )
-    episode = sorted(episodes_root().rglob("episode_*.csv"))[0]
-    frame = pd.read_csv(episode)
-    body = json.dumps({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}).encode()
-    deadline = time.time() + 180
-    while True:
-        try:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                answer = json.loads(response.read())
-            break
-        except OSError:
-            log = (tmp_path / "serve.log").read_text(encoding="utf-8", errors="replace")[-2000:]
-            assert server.poll() is None and time.time() < deadline, (
-                f"mlflow models serve did not answer: {log}"
-            )
-            time.sleep(0.5)
-    (row,) = answer["predictions"]
-    jamo = episode.parent.parent.name
-    assert row["jamo"] == jamo and 0 < row["confidence"] <= 1 and row["top3"].startswith(f"{jamo}:")
