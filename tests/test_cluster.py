@@ -1,5 +1,5 @@
 """Cluster multiruns through Hydra's submitit launcher, run for real with its local executor: one
-parent run with its report, and a preempted job (SIGTERM) requeued into the same MLflow run."""
+parent run with its report, a preempted job (SIGTERM) requeued into its own MLflow run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cli_command, cli_env, run_cli, store_overrides
+from tests.conftest import cli_command, cli_env, store_overrides
 
 PREEMPTIBLE = {"SUBMITIT_PREEMPT_SIGNAL": "TERM"}  # what hydra/launcher=slurm sets on the cluster
 
@@ -22,26 +22,9 @@ def children(tmp_path):
     return client, parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
 
 
-def test_a_submitit_sweep_lands_under_one_parent_with_its_report(tmp_path, cache_dir):
-    run_cli(
-        "-m",
-        *store_overrides(tmp_path, cache_dir),
-        "hydra/launcher=submitit_local",
-        "model=gru",
-        "seed=1,2",
-        "trainer=debug",
-        "tracking.log_model=false",
-        f"hydra.sweep.dir={tmp_path / 'sw'}",
-        cwd=tmp_path,
-    )
-    client, parent, jobs = children(tmp_path)
-    assert sorted(r.data.params["seed"] for r in jobs) == ["1", "2"]
-    assert all(r.info.status == "FINISHED" for r in [parent, *jobs])
-    names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert "report/report.md" in names
-
-
-def test_a_preempted_job_is_requeued_and_resumes_into_the_same_run(tmp_path, cache_dir, spawn):
+def test_a_submitit_sweep_lands_under_one_parent_and_a_preempted_job_resumes_into_its_run(
+    tmp_path, cache_dir, spawn
+):
     sweep = tmp_path / "sw"
     proc = spawn(
         cli_command(
@@ -49,7 +32,7 @@ def test_a_preempted_job_is_requeued_and_resumes_into_the_same_run(tmp_path, cac
             *store_overrides(tmp_path, cache_dir),
             "hydra/launcher=submitit_local",
             "model=gru",
-            "seed=1",
+            "seed=1,2",
             "trainer=debug",
             "trainer.max_epochs=8",
             "trainer.limit_train_batches=6",
@@ -71,7 +54,9 @@ def test_a_preempted_job_is_requeued_and_resumes_into_the_same_run(tmp_path, cac
     again = json.loads((job / "run.json").read_text(encoding="utf-8"))
     assert again["run_id"] == first["run_id"] and again["pid"] != first["pid"]  # requeued, same run
     client, parent, jobs = children(tmp_path)
-    assert [r.info.run_id for r in jobs] == [first["run_id"]] and jobs[0].info.status == "FINISHED"
+    assert sorted(r.data.params["seed"] for r in jobs) == ["1", "2"]  # two runs: none started twice
+    assert all(r.info.status == "FINISHED" for r in [parent, *jobs])
+    assert "report/report.md" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     steps = [m.step for m in client.get_metric_history(first["run_id"], "val/loss")]
     assert len(steps) == len(set(steps)) == 8  # every epoch once, across the two processes
     log = "".join(

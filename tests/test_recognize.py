@@ -67,7 +67,7 @@ def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split)
             rec, stream_rows(replay_lines(root, episodes), rec.channels), StreamSettings()
         )
     ]
-    assert edit_distance(emitted, [e.jamo for e in episodes]) <= 1
+    assert edit_distance(emitted, [e.jamo for e in episodes]) <= 0.05 * len(episodes)
 
 
 def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):

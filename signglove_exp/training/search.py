@@ -10,6 +10,7 @@ best trial's checkpoint is tested once at the end.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +67,13 @@ def open_study(cfg: DictConfig) -> optuna.Study:
     s = cfg.search
     url = s.storage or f"sqlite:///{Path(cfg.paths.outputs).resolve() / 'optuna.db'}"
     Path(cfg.paths.outputs).mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(
-        url,
-        heartbeat_interval=s.heartbeat_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
+        storage = optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=s.heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
     return optuna.create_study(
         study_name=s.study or f"{cfg.model.name}-search",
         storage=storage,
