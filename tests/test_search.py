@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 
@@ -10,6 +11,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import search
+from signglove_exp.tracking.store import store_lock
 from tests.conftest import cli_env, store_overrides
 
 FAST = ["trainer=debug", "trainer.max_epochs=4", "trainer.limit_train_batches=3", "search.warmup_epochs=1"]
@@ -54,7 +56,8 @@ def test_a_killed_search_continues_its_study_and_parent_run(tmp_path, cache_dir,
     while time.time() < deadline:
         time.sleep(1)
         try:
-            trials = optuna.load_study(study_name="gru-search", storage=storage).trials
+            with store_lock(storage):  # not while the search creates the database
+                trials = optuna.load_study(study_name="gru-search", storage=storage).trials
         except KeyError:
             continue
         if sum(t.state.is_finished() for t in trials) >= 1:
@@ -75,6 +78,39 @@ def test_a_killed_search_continues_its_study_and_parent_run(tmp_path, cache_dir,
         >= 4
     )
     assert result["best_trial"] == study.best_trial.number
+
+
+WORKER = """
+import sys, time
+from pathlib import Path
+from signglove_exp.training.cli import compose
+from signglove_exp.training.search import open_study
+cfg = compose("search=gru", f"paths.outputs={sys.argv[1]}")
+print("ready", flush=True)
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+print(open_study(cfg).study_name)
+"""
+
+
+def test_workers_opening_one_new_study_at_once_all_open_the_same_one(tmp_path):
+    go = tmp_path / "go"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(tmp_path), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    for w in workers:
+        assert w.stdout.readline().strip() == "ready", w.stderr.read()[-2000:]
+    go.touch()  # all at once, on a database none has created
+    done = [w.communicate(timeout=120) for w in workers]
+    assert [w.returncode for w in workers] == [0] * 4, [err[-600:] for _, err in done]
+    assert [out.strip() for out, _ in done] == ["gru-search"] * 4
+    assert len(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}")) == 1
 
 
 def test_every_search_space_names_real_config_keys():

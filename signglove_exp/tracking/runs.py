@@ -353,7 +353,7 @@ def log_confusion(client: MlflowClient, run_id: str, classes: list[str], counts)
 
 
 def open_parent(cfg: DictConfig, name: str, tags: dict[str, str]) -> str:
-    """A parent run (a search's), under which child runs are folded in the MLflow UI."""
+    """A parent run (a sweep's, a search's), under which child runs are folded in the MLflow UI."""
     client, experiment = ensure_experiment(cfg)
     run = client.create_run(
         experiment, run_name=name, tags={"mlflow.source.git.commit": git_commit(), **tags}

@@ -38,8 +38,8 @@ def tracking_uri(cfg) -> str:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Processes that open a new SQLite store at once race in MLflow's schema migrations and crash;
-    here they take turns (a lock file beside the database). Other stores need no lock."""
+    """Processes that open a new SQLite store at once race in its schema migrations (MLflow's, Optuna's)
+    and crash; here they take turns (a lock file beside the database). Other stores need no lock."""
     if not uri.startswith("sqlite:///"):
         yield
         return

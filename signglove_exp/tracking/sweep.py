@@ -16,8 +16,15 @@ from omegaconf import DictConfig
 
 from signglove_exp.reporting import compare
 from signglove_exp.tracking.queries import RunSelection, fetch_runs
-from signglove_exp.tracking.runs import SWEEP_RECORD, close_stale_runs, log_report, read_record, write_record
-from signglove_exp.tracking.store import ensure_experiment, git_commit, tracking_uri
+from signglove_exp.tracking.runs import (
+    SWEEP_RECORD,
+    close_stale_runs,
+    log_report,
+    open_parent,
+    read_record,
+    write_record,
+)
+from signglove_exp.tracking.store import ensure_experiment, tracking_uri
 
 
 def read_parent(sweep_dir: str | Path) -> dict | None:
@@ -44,12 +51,7 @@ class SweepTracking(Callback):
             self.client.update_run(self.parent, "RUNNING")
         else:
             tags = {"sweep": self.sweep_dir.name, "signglove.run_dir": str(self.sweep_dir.resolve())}
-            run = self.client.create_run(
-                experiment_id,
-                run_name=f"sweep-{self.sweep_dir.name}",
-                tags={**tags, "mlflow.source.git.commit": git_commit()},
-            )
-            self.parent = run.info.run_id
+            self.parent = open_parent(config, f"sweep-{self.sweep_dir.name}", tags)
         record = {"run_id": self.parent, "sweep": self.sweep_dir.name, "tracking_uri": uri}
         write_record(self.sweep_dir / SWEEP_RECORD, **record)
         self.selection = RunSelection(config.tracking.experiment, parent=self.parent, uri=uri)

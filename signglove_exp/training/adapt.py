@@ -21,6 +21,7 @@ from signglove_exp import data, registrar
 from signglove_exp.card import ModelCard
 from signglove_exp.metrics import classification_metrics
 from signglove_exp.training.finetune import freeze
+from signglove_exp.training.module import batched_logits
 
 Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
 ADAPTATIONS: dict[str, Method] = {}
@@ -128,9 +129,8 @@ def adapt(
 def evaluate(net: nn.Module, card: ModelCard, episodes: list[np.ndarray], labels: np.ndarray) -> dict:
     """Accuracy and macro F1 of a model on raw episodes, through the card as at inference."""
     net.eval()
-    x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
-    pred = torch.cat([net(x[i : i + 256], lengths[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
-    return classification_metrics(labels, pred.numpy())
+    logits = batched_logits(net, *data.model_inputs(episodes, card))
+    return classification_metrics(labels, logits.argmax(1).numpy())
 
 
 def metric_name(method: str) -> str:
@@ -140,9 +140,8 @@ def metric_name(method: str) -> str:
 
 def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray, settings: dict) -> dict:
     """Metrics `fewshot/<method>/k<k>/draw<d>/acc` (and their mean over draws, `.../k<k>/acc`; a chain's
-    `+` logged as `.`) on a
-    signer the network never saw: each draw's k episodes per class calibrate, the rest are tested.
-    k = 0 is the base model on all of the signer's episodes (method `none`)."""
+    `+` logged as `.`) on a signer the network never saw: each draw's k episodes per class calibrate,
+    the rest are tested. k = 0 is the base model on all of the signer's episodes (method `none`)."""
     check_methods(settings["methods"])
     metrics = {"fewshot/none/k0/acc": evaluate(net, card, episodes, labels)["acc"]}
     for k in sorted(int(k) for k in settings["shots"] if int(k) > 0):

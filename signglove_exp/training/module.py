@@ -53,9 +53,10 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, lengths, y = batch
+        target = y
         if self.augment:
             x, lengths, target = self.augment(x, lengths, y, self.n_classes, self.current_epoch, batch_idx)
-        loss = self.loss(self(x, lengths), target if self.augment else y)
+        loss = self.loss(self(x, lengths), target)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=True)
         return loss
 
@@ -112,13 +113,7 @@ class Classifier(pl.LightningModule):
         """Loss and metrics of the current weights on arrays (e.g. the validation part, best weights)."""
         was_training = self.training
         self.eval()
-        step = batch_size or len(y)
-        logits = torch.cat(
-            [
-                self.net(torch.from_numpy(x[i : i + step]), torch.from_numpy(lengths[i : i + step]))
-                for i in range(0, len(y), step)
-            ]
-        )
+        logits = batched_logits(self.net, x, lengths, batch_size)
         self.train(was_training)
         loss = float(self.loss(logits, torch.from_numpy(y)))
         return {"loss": loss, **classification_metrics(y, logits.argmax(1).numpy())}
@@ -131,6 +126,18 @@ class ProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
+
+
+@torch.no_grad()
+def batched_logits(net: nn.Module, x: np.ndarray, lengths: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """The network's logits for arrays of episodes, `batch_size` episodes at a time (0: all at once)."""
+    step = batch_size or len(x)
+    return torch.cat(
+        [
+            net(torch.from_numpy(x[i : i + step]), torch.from_numpy(lengths[i : i + step]))
+            for i in range(0, len(x), step)
+        ]
+    )
 
 
 @torch.no_grad()

@@ -13,7 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytorch_lightning as pl
 import torch
@@ -24,8 +23,9 @@ from signglove_exp.card import read_checkpoint
 from signglove_exp.metrics import classification_metrics
 from signglove_exp.reporting import figures
 from signglove_exp.tracking import runs
-from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.tracking.store import store_lock, tracking_uri
 from signglove_exp.training.cli import compose
+from signglove_exp.training.module import batched_logits
 from signglove_exp.training.train import objective, train
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -66,22 +66,23 @@ def direction(metric: str) -> str:
 def open_study(cfg: DictConfig) -> optuna.Study:
     s = cfg.search
     url = s.storage or f"sqlite:///{Path(cfg.paths.outputs).resolve() / 'optuna.db'}"
-    Path(cfg.paths.outputs).mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with store_lock(url), warnings.catch_warnings():  # workers creating one new SQLite study take turns
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
         storage = optuna.storages.RDBStorage(
             url,
             heartbeat_interval=s.heartbeat_s,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
         )
-    return optuna.create_study(
-        study_name=s.study or f"{cfg.model.name}-search",
-        storage=storage,
-        direction=direction(cfg.optimized_metric),
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs),
-        load_if_exists=True,
-    )
+        return optuna.create_study(
+            study_name=s.study or f"{cfg.model.name}-search",
+            storage=storage,
+            direction=direction(cfg.optimized_metric),
+            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs
+            ),
+            load_if_exists=True,
+        )
 
 
 def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
@@ -163,11 +164,5 @@ def test_checkpoint(checkpoint: Path) -> dict[str, float]:
     card, state, _ = read_checkpoint(checkpoint)
     cfg = OmegaConf.create(card.config)
     x, lengths, y = data.prepare(cfg.data, cfg.split, card.scaler).arrays["test"]
-    net = card.build_net(state)
-    logits = torch.cat(
-        [
-            net(torch.from_numpy(x[i : i + 256]), torch.from_numpy(lengths[i : i + 256]))
-            for i in range(0, len(y), 256)
-        ]
-    )
-    return classification_metrics(y, np.asarray(logits.argmax(1)))
+    logits = batched_logits(card.build_net(state), x, lengths)
+    return classification_metrics(y, logits.argmax(1).numpy())
