@@ -5,7 +5,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE_DIR / "conf"  # the Hydra configs; --config-dir adds a folder of your own
+# The Hydra configs: conf/ at the top of a checkout, signglove_exp/conf inside an installed wheel;
+# --config-dir adds a folder of your own.
+CONF_DIR = next(
+    (d for d in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf") if d.is_dir()), PACKAGE_DIR / "conf"
+)
 BUNDLED_DIR = PACKAGE_DIR / "bundled"  # the episode archive, the pretrained model, upstream's checkpoints
 
 
@@ -39,6 +43,9 @@ def command(main) -> None:
     """Run a command's `main`: bad input (a ValueError or FileNotFoundError naming the file or setting)
     is one line on stderr and exit status 1, not a traceback; HYDRA_FULL_ERROR=1 shows the traceback."""
 
+    from signglove_exp.console import quiet
+
+    quiet()
     try:
         main()
     except (ValueError, FileNotFoundError) as error:

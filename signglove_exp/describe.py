@@ -22,7 +22,7 @@ def describe(path: str | Path) -> dict:
     ckpt = load_checkpoint_file(path)
     if CARD_KEY in ckpt:
         return {"source": "signglove-exp checkpoint", **read_card(ckpt).to_dict(), "epoch": ckpt.get("epoch")}
-    from signglove_exp.legacy import identify
+    from signglove_exp.upstream.identify import identify
 
     return {
         "source": "upstream KLP-SignGlove checkpoint (no model card; architecture told from its weights)",

@@ -2,7 +2,7 @@
 
 usage: python -m signglove_exp.search search=NAME [search.n_trials=N] [any training override ...]
 
-The search space is a config group (signglove_exp/conf/search/<name>.yaml: config key -> range or
+The search space is a config group (conf/search/<name>.yaml: config key -> range or
 choices). The study is kept in `search.storage` (default: SQLite at outputs/optuna.db), so a killed
 search continues where it stopped with the same command, and several processes, or machines sharing
 one database URL, can work on one study. Every trial is an MLflow child run of the study's parent

@@ -131,33 +131,32 @@ def robust_run(tmp_path_factory, cache_dir):
         "calibration.methods=[prototype,renorm+finetune_head]",
         "calibration.epochs=3",
     )
-    metrics, objects = train(cfg)
-    return cfg, metrics, objects, tmp
+    return cfg, train(cfg), tmp
 
 
 def test_a_robust_model_applies_its_preprocessing_the_same_in_recognition_and_onnx(robust_run, tmp_path):
-    cfg, metrics, objects, _ = robust_run
-    card, state, _ = read_checkpoint(objects["best_checkpoint"])
+    cfg, result, _ = robust_run
+    card, state, _ = read_checkpoint(result.best_checkpoint)
     assert card.preprocess["features"][-2:] == ["d_flex1", "d_flex2"] and card.model["n_channels"] == 10
     assert card.preprocess["normalize"] == "per_episode"
-    prepared = objects["prepared"]
+    prepared = result.prepared
     x, lengths, y = prepared.arrays["test"]
     raw = [prepared.corpus.episodes[i].values for i in prepared.parts["test"]]
     net = card.build_net(state)
     with torch.no_grad():
         expected = torch.softmax(net(torch.from_numpy(x), torch.from_numpy(lengths)), 1).numpy()
-    torch_probs = Recognizer.from_checkpoint(objects["best_checkpoint"]).probabilities(raw)
+    torch_probs = Recognizer.from_checkpoint(result.best_checkpoint).probabilities(raw)
     onnx_probs = Recognizer.from_onnx(export_onnx(net, card, tmp_path / "m.onnx")).probabilities(raw)
     np.testing.assert_allclose(torch_probs, expected, atol=1e-6)
     np.testing.assert_allclose(onnx_probs, expected, atol=1e-5)
-    assert metrics["test/acc"] == pytest.approx(
+    assert result.metrics["test/acc"] == pytest.approx(
         float((expected.argmax(1) == y).mean())
     )  # test never augmented
 
 
 def test_the_few_shot_grid_is_logged_per_method_shot_and_draw(robust_run):
-    cfg, metrics, objects, _ = robust_run
-    logged = MlflowClient(cfg.tracking.uri).get_run(objects["run_id"]).data.metrics
+    cfg, result, _ = robust_run
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.metrics
     for key in (
         "fewshot/none/k0/acc",
         "fewshot/prototype/k2/draw0/acc",
@@ -167,7 +166,7 @@ def test_the_few_shot_grid_is_logged_per_method_shot_and_draw(robust_run):
         assert 0 <= logged[key] <= 1, key
     draws = [logged[f"fewshot/prototype/k2/draw{d}/acc"] for d in (0, 1)]
     assert logged["fewshot/prototype/k2/acc"] == pytest.approx(np.mean(draws))
-    assert logged["fewshot/none/k0/acc"] == pytest.approx(metrics["test/acc"])  # k = 0: the base model
+    assert logged["fewshot/none/k0/acc"] == pytest.approx(result.metrics["test/acc"])  # k = 0: the base model
 
 
 def test_prototype_calibration_is_the_nearest_class_mean_on_the_embedding(corpus):

@@ -66,9 +66,9 @@ def fine_tune(cli_run, tmp_path, cache_dir, *overrides):
 def test_init_from_a_run_with_the_head_trained_changes_only_the_head(cli_run, tmp_path, cache_dir):
     client, source, tmp, _ = cli_run
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    metrics, objects = train(fine_tune(cli_run, tmp_path, cache_dir, "finetune.train=head", "seed=11"))
+    result = train(fine_tune(cli_run, tmp_path, cache_dir, "finetune.train=head", "seed=11"))
     before_card, before, _ = read_checkpoint(download_checkpoint(source.info.run_id, uri, tmp_path / "src"))
-    after_card, after, _ = read_checkpoint(objects["best_checkpoint"])
+    after_card, after, _ = read_checkpoint(result.best_checkpoint)
     head = [k for k in after if k.startswith("output_layers.")]
     assert head and len(head) < len(after)
     for k in after:
@@ -76,7 +76,7 @@ def test_init_from_a_run_with_the_head_trained_changes_only_the_head(cli_run, tm
     assert after_card.scaler == before_card.scaler  # the source's scaler, not one refitted here
     assert after_card.lineage["source_run"] == source.info.run_id
     assert after_card.lineage["adapted"] == "fine-tuned, finetune.train=head"
-    run = client.get_run(objects["run_id"])
+    run = client.get_run(result.run_id)
     assert run.data.tags["signglove.source_run"] == source.info.run_id
     assert run.data.tags["signglove.init_from"] == source.info.run_id
     assert (
@@ -87,8 +87,8 @@ def test_init_from_a_run_with_the_head_trained_changes_only_the_head(cli_run, tm
     # Started again in its folder (a requeue, resume=): the same run, though model= names another
     # architecture, since a fine-tune's architecture comes from its source.
     again = fine_tune(cli_run, tmp_path, cache_dir, "finetune.train=head", "seed=11", "model=ms3d_gru")
-    _, objects_again = train(again)
-    assert objects_again["start"].kind == "finished" and objects_again["run_id"] == objects["run_id"]
+    again_result = train(again)
+    assert again_result.start.kind == "finished" and again_result.run_id == result.run_id
 
 
 def test_a_source_that_does_not_fit_the_data_is_a_clear_error(cli_run, tmp_path, cache_dir):

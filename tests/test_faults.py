@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,12 +18,15 @@ from mlflow.tracking import MlflowClient
 from signglove_exp import BUNDLED_DIR, data, evaluate, upload
 from signglove_exp.card import read_card
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.training.train import train
 from tests.conftest import (
     cli_command,
     cli_env,
     compose_config,
     episodes_root,
     free_port,
+    run_cli,
+    run_module,
     start_server,
     stop_server,
     store_overrides,
@@ -44,18 +47,13 @@ def copy_episodes(dest: Path, jamo: list[str], per_class: int = 4, signer: str =
     return copied
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=600
-    )
-
-
 # 1. A mistyped data.root
 
 
 def test_a_mistyped_data_root_is_an_error_and_nothing_is_unpacked_there(tmp_path, cache_dir):
     typo = tmp_path / "signglov"
-    proc = run_cli(*store_overrides(tmp_path, cache_dir), f"data.root={typo}", *QUICK, cwd=tmp_path)
+    store = store_overrides(tmp_path, cache_dir, new_store=True)
+    proc = run_cli(*store, f"data.root={typo}", *QUICK, cwd=tmp_path, check=False)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"Error: data.root {typo} does not exist"
     assert not typo.exists() and not (tmp_path / "mlflow.db").exists()  # no run was opened
@@ -93,7 +91,7 @@ def test_evaluating_on_a_folder_with_three_jamo_says_which_classes_are_missing(t
 
 
 def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_dir, spawn):
-    store = store_overrides(tmp_path, cache_dir)
+    store = store_overrides(tmp_path, cache_dir, new_store=True)
     procs = [
         spawn(
             cli_command(*store, *QUICK, f"seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}"),
@@ -103,51 +101,50 @@ def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_di
             stderr=subprocess.PIPE,
             text=True,
         )
-        for seed in range(4)
+        for seed in range(2)
     ]
     errors = [p.communicate(timeout=600)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(e[-1500:] for e in errors)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-1500:] for e in errors)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
-    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 # 4. A tracking server that goes away
 
 
-def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_path, cache_dir, spawn):
+def test_training_outlives_its_tracking_server_and_uploads_when_it_is_back(tmp_path, cache_dir, spawn, capfd):
+    """The server is a real process, stopped while training (here, in a thread) runs against it."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(spawn, tmp_path, port)
     folder = tmp_path / "run"
+    cfg = compose_config(
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"data.cache_dir={cache_dir}",
+        f"data.root={episodes_root()}",
+        f"tracking.uri={uri}",
+        "trainer=debug",
+        "trainer.max_epochs=5",
+        "trainer.limit_train_batches=1.0",
+        "tracking.http_retries=1",
+        "threads=1",
+        f"paths.output_dir={folder}",
+    )
+    outcome = {}
+    training = threading.Thread(target=lambda: outcome.update(result=train(cfg)))
     try:
-        training = spawn(
-            cli_command(
-                f"paths.outputs={tmp_path / 'outputs'}",
-                f"data.cache_dir={cache_dir}",
-                f"data.root={episodes_root()}",
-                f"tracking.uri={uri}",
-                "trainer=debug",
-                "trainer.max_epochs=5",
-                "trainer.limit_train_batches=1.0",
-                "tracking.http_retries=1",
-                f"hydra.run.dir={folder}",
-            ),
-            cwd=tmp_path,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        training.start()
         while not (folder / "checkpoints" / "last.ckpt").is_file():
-            assert training.poll() is None, training.communicate()[1][-3000:]
+            assert training.is_alive(), "training ended before its first checkpoint"
             time.sleep(0.05)
     finally:
         stop_server(server)  # the server goes away during training
     started = time.time()
-    out, err = training.communicate(timeout=600)
-    assert training.returncode == 0, err[-3000:]
+    training.join(timeout=600)
+    out, err = capfd.readouterr()
+    assert "result" in outcome, err[-3000:]
     assert time.time() - started < 120  # bounded retries, not minutes of stalling
     assert err.count("stopped answering") == 1 and "Traceback" not in err
     assert f"python -m signglove_exp.upload {folder}" in err and "Not yet in MLflow" in out
@@ -282,11 +279,6 @@ def test_a_damaged_checkpoint_is_a_clear_error_that_never_advises_unsafe_loading
         read_card(bad)
     assert str(error.value).startswith(f"{bad}: not a readable checkpoint")
     assert "weights_only" not in str(error.value)
-    proc = subprocess.run(
-        [sys.executable, "-m", "signglove_exp.describe", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_module("signglove_exp.describe", str(bad), cwd=tmp_path)
     assert proc.returncode != 0 and "weights_only=False" not in proc.stderr
     assert torch.load(REFERENCE, weights_only=True)  # the real one is fine

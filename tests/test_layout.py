@@ -119,23 +119,77 @@ COMMANDS = ["signglove_exp", *(f"signglove_exp.{m}" for m in ("recognize", "eval
 COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench", "upload", "calibrate", "search")]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_help_answers_without_loading_torch_lightning_or_mlflow(command):
+def test_help_answers_without_loading_torch_lightning_or_mlflow():
+    """Every command's --help in one fresh interpreter: each must answer, and after each, none of
+    the heavy libraries may be loaded (so the first that loads one is named)."""
     probe = (
-        "import runpy, sys\n"
-        f"sys.argv = [{command!r}, '--help']\n"
-        "try:\n"
-        f"    runpy.run_module({command!r}, run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
+        "import contextlib, io, runpy, sys\n"
         "heavy = ('torch', 'pytorch_lightning', 'mlflow', 'sklearn', 'matplotlib')\n"
-        "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n"
+        f"for command in {COMMANDS!r}:\n"
+        "    sys.argv = [command, '--help']\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            runpy.run_module(command, run_name='__main__')\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    text = out.getvalue()\n"
+        "    answered = 'usage' in text.lower() or 'Powered by Hydra' in text\n"
+        "    print(command, answered, sorted(m for m in heavy if m in sys.modules))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=Path.cwd()
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (
-        "usage" in proc.stdout.lower() or "== Config ==" in proc.stdout or "Powered by Hydra" in proc.stdout
+    assert proc.stdout.splitlines() == [f"{c} True []" for c in COMMANDS]
+
+
+def third_party_imports() -> list[str]:
+    """Every library module the package imports at module level."""
+    ours = module_imports()
+    return sorted({i for imports in ours.values() for i in imports if not i.startswith("signglove_exp")})
+
+
+def package_modules() -> list[str]:
+    return sorted(m for m in module_imports() if not m.endswith("__main__"))
+
+
+def test_importing_the_package_changes_no_global_state_and_needs_no_fcntl():
+    """In a fresh interpreter without fcntl (as on Windows), whose libraries were imported first
+    (their own import-time changes are theirs): every module of the package imports, and logging
+    (levels, filters, handlers), warning filters and the environment are the same before and after."""
+    probe = f"""
+import importlib, logging, os, sys, warnings
+sys.modules["fcntl"] = None  # import fcntl now raises ImportError
+for name in {third_party_imports()!r}:
+    try:
+        importlib.import_module(name)
+    except ImportError:  # `from a import b` where b is a name, not a module
+        pass
+
+def state():
+    loggers = {{"": logging.getLogger()}}
+    known = logging.Logger.manager.loggerDict.items()
+    loggers.update({{k: v for k, v in known if isinstance(v, logging.Logger)}})
+    return (
+        {{k: (v.level, list(v.filters), list(v.handlers), v.propagate, v.disabled)
+          for k, v in loggers.items()}},
+        list(warnings.filters),
+        dict(os.environ),
     )
-    assert proc.stdout.strip().endswith("LOADED []"), proc.stdout[-300:]
+
+loggers, filters, environ = state()
+for name in {package_modules()!r}:
+    importlib.import_module(name)
+after_loggers, after_filters, after_environ = state()
+changed = [k for k in loggers if loggers[k] != after_loggers[k]]
+changed += [k for k in after_loggers.keys() - loggers.keys() if after_loggers[k][:3] != (0, [], [])]
+print("loggers", changed)
+print("warnings", [f for f in after_filters if f not in filters])
+keys = environ.keys() | after_environ.keys()
+print("environ", sorted(k for k in keys if environ.get(k) != after_environ.get(k)))
+print("fcntl", sys.modules["fcntl"])
+"""
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["loggers []", "warnings []", "environ []", "fcntl None"]

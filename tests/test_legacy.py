@@ -13,6 +13,8 @@ from mlflow.tracking import MlflowClient
 from signglove_exp import BUNDLED_DIR, describe, legacy
 from signglove_exp.card import load_model
 from signglove_exp.inference.recognizer import Recognizer
+from signglove_exp.upstream.identify import identify
+from signglove_exp.upstream.scaler import read_scaler_pickle
 
 LEGACY = BUNDLED_DIR / "legacy"
 # file -> (architecture, accuracy on upstream's exact test split, as the legacy README gives it)
@@ -28,25 +30,25 @@ CHANNELS = ["flex1", "flex2", "flex3", "flex4", "flex5", "pitch", "roll", "yaw"]
 @pytest.mark.parametrize("name", EXPECTED)
 def test_architecture_is_told_from_weights_alone(name):
     sd = torch.load(LEGACY / name, map_location="cpu", weights_only=True)["state_dict"]
-    hparams = legacy.identify(sd)
+    hparams = identify(sd)
     assert hparams["name"] == EXPECTED[name][0]
     assert f"architecture: {EXPECTED[name][0]} " in describe.main([str(LEGACY / name)])
 
 
 def test_legacy_gru_keeps_its_input_projection():
     sd = torch.load(LEGACY / "epoch92-valloss0.04.ckpt", map_location="cpu", weights_only=True)["state_dict"]
-    assert legacy.identify(sd)["input_projection"] == 128
+    assert identify(sd)["input_projection"] == 128
 
 
 def test_unknown_weights_get_an_error_saying_what_was_found():
     with pytest.raises(
         ValueError, match=r"no known architecture signature; found 2 tensors: lstm.weight_ih_l0"
     ):
-        legacy.identify({"lstm.weight_ih_l0": torch.zeros(4, 8), "fc.weight": torch.zeros(24, 4)})
+        identify({"lstm.weight_ih_l0": torch.zeros(4, 8), "fc.weight": torch.zeros(24, 4)})
 
 
 def test_upstream_scaler_is_read_without_running_pickle_code():
-    scaler = legacy.read_scaler_pickle(LEGACY / "scaler.pkl", CHANNELS)
+    scaler = read_scaler_pickle(LEGACY / "scaler.pkl", CHANNELS)
     assert scaler["n_samples_seen"] == 2884 * 87 and len(scaler["mean"]) == 8
 
 
@@ -62,7 +64,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     with pytest.raises(
         ValueError, match=r"scaler.pkl: not a plain pickled StandardScaler .*refusing to load"
     ):
-        legacy.read_scaler_pickle(evil, CHANNELS)
+        read_scaler_pickle(evil, CHANNELS)
     assert not (tmp_path / "pwned").exists()
 
 

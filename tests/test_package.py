@@ -6,9 +6,10 @@ from __future__ import annotations
 import site
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
-from signglove_exp import PACKAGE_DIR
+from signglove_exp import CONF_DIR, PACKAGE_DIR
 
 
 def run(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -21,6 +22,10 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_from_another_folder(tmp_path, 
     build = ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", PACKAGE_DIR.parent]
     run(sys.executable, "-m", "pip", *build, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("signglove_exp-*.whl")
+    with zipfile.ZipFile(wheel) as archive:  # every config of the checkout's conf/, inside the package
+        shipped = {n.removeprefix("signglove_exp/conf/") for n in archive.namelist() if "/conf/" in n}
+    assert shipped == {p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*.yaml")}
+    assert PACKAGE_DIR.parent / "conf" == CONF_DIR  # the checkout's top-level conf/
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     run(venv / "bin" / "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
@@ -32,8 +37,10 @@ def test_a_wheel_installed_in_a_fresh_venv_trains_from_another_folder(tmp_path, 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     python = venv / "bin" / "python"
-    where = run(python, "-c", "import signglove_exp; print(signglove_exp.__file__)", cwd=elsewhere).stdout
+    probe = "import signglove_exp as s; print(s.__file__); print(s.CONF_DIR)"
+    where, conf = run(python, "-c", probe, cwd=elsewhere).stdout.split()
     assert where.startswith(str(target)), where  # the installed wheel, not the checkout
+    assert conf == str(target / "signglove_exp" / "conf")  # and its own configs
     assert "usage" in run(venv / "bin" / "signglove-exp", "--help", cwd=elsewhere).stdout.lower()
     quick = [
         "trainer=debug",

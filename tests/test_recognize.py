@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,12 +15,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import BUNDLED_DIR, data, export, legacy, recognize
+from signglove_exp import BUNDLED_DIR, data, export, recognize
 from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.inference.stream import StreamSettings, recognise_stream, stream_rows
 from signglove_exp.tracking.queries import download_checkpoint
-from tests.conftest import compose_config
+from signglove_exp.upstream.convert import import_checkpoint
+from signglove_exp.upstream.scaler import read_scaler_pickle
+from tests.conftest import compose_config, run_module
 
 REFERENCE = BUNDLED_DIR / "pretrained" / "gru-reference.ckpt"
 
@@ -72,7 +73,7 @@ def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split)
 
 def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     root, episodes = test_split
-    episodes = episodes[:6]  # about 11 s of signing
+    episodes = episodes[:4]  # about 7 s of signing
     lines = replay_lines(root, episodes)
     capture = tmp_path / "glove.csv"
     capture.write_text(lines[0] + "\n", encoding="utf-8")
@@ -91,22 +92,8 @@ def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     writer = threading.Thread(target=glove)
     started = time.time()
     writer.start()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "signglove_exp.recognize",
-            str(REFERENCE),
-            "--stream",
-            str(capture),
-            "--follow",
-            "--idle",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    follow = ["--stream", str(capture), "--follow", "--idle", "3"]
+    proc = run_module("signglove_exp.recognize", str(REFERENCE), *follow, cwd=tmp_path)
     writer.join()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert time.time() - started > 0.02 * (len(lines) - 1)  # it really ran at the glove's pace
@@ -132,11 +119,8 @@ def reordered(lines: list[str], at: int) -> list[str]:
 
 
 def stream_command(stdin: bytes, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "signglove_exp.recognize", str(REFERENCE), "--stream", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=300,
+    return run_module(
+        "signglove_exp.recognize", str(REFERENCE), "--stream", *args, cwd=Path.cwd(), stdin=stdin
     )
 
 
@@ -158,8 +142,8 @@ def test_a_header_mid_stream_is_reread(test_split, capsys):
     with pytest.raises(ValueError, match=rf"stream line {at + 1}: header lacks column\(s\) flex3"):
         jamo(lacking)
     proc = stream_command("\n".join(lacking).encode(), "-")  # the signs before it, then a one-line refusal
-    assert proc.returncode == 1 and len(proc.stdout.decode().splitlines()) == len(jamo(lines[:at]))
-    assert proc.stderr.decode().splitlines()[-1].startswith(f"Error: stream line {at + 1}: header lacks")
+    assert proc.returncode == 1 and len(proc.stdout.splitlines()) == len(jamo(lines[:at]))
+    assert proc.stderr.splitlines()[-1].startswith(f"Error: stream line {at + 1}: header lacks")
 
 
 def test_bad_stream_lines_are_skipped_with_a_note(capsys):
@@ -184,9 +168,9 @@ def test_the_stream_command_survives_bad_lines_and_a_restarted_glove(test_split)
     noisy[3:3] = [b"", b"1,2,\xc3\x28", b"1," + b"0" * 300_000, b"12,34"]  # blank, not UTF-8, huge, short
     proc = stream_command(b"\n".join(noisy) + b"\n", "-")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    emitted = [line.split("\t")[1] for line in proc.stdout.decode().splitlines()]
+    emitted = [line.split("\t")[1] for line in proc.stdout.splitlines()]
     assert len(expected) >= 6 and emitted == expected
-    notes = proc.stderr.decode()
+    notes = proc.stderr
     assert all(f"stream line {n}: skipped" in notes for n in (5, 6, 7))
     assert f"stream line {at + 5}: new header, columns re-read" in notes
 
@@ -196,10 +180,8 @@ def test_an_empty_stream_ends_cleanly(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_bytes(b"")
     for proc in (stream_command(b"", "-"), stream_command(b"", str(empty))):
-        assert proc.returncode == 0 and proc.stdout == b"", proc.stderr[-3000:]
-        assert proc.stderr.decode().splitlines() == [
-            "stream: ended without a header line, nothing to recognise"
-        ]
+        assert proc.returncode == 0 and proc.stdout == "", proc.stderr[-3000:]
+        assert proc.stderr.splitlines() == ["stream: ended without a header line, nothing to recognise"]
 
 
 def test_recognition_keeps_the_good_files_and_lists_the_bad_ones(test_split, tmp_path):
@@ -211,12 +193,7 @@ def test_recognition_keeps_the_good_files_and_lists_the_bad_ones(test_split, tmp
     (folder / "bad_a.csv").write_text("flex1,flex2\n1,2\n", encoding="utf-8")
     (folder / "bad_b.csv").write_bytes(b"\xff\xfe")
     out = tmp_path / "predictions.csv"
-    proc = subprocess.run(
-        [sys.executable, "-m", "signglove_exp.recognize", str(REFERENCE), str(folder), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_module("signglove_exp.recognize", str(REFERENCE), str(folder), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     table = pd.read_csv(out, keep_default_na=False)
     assert list(table.columns) == ["file", "jamo", "latency_ms", "top1", "top2", "top3", "problem"]
@@ -312,12 +289,26 @@ def test_pyfunc_model_predicts_raw_samples_and_registers(cli_run, test_split):
     )
 
 
+def test_the_logged_model_carries_its_code_and_checkpoint_only(cli_run, tmp_path):
+    """Under 1 MB: no copy of the bundled episodes, upstream's checkpoints, configs or fonts per run."""
+    client, run, tmp, _ = cli_run
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    (logged,) = client.get_run(run.info.run_id).outputs.model_outputs
+    mlflow.set_tracking_uri(uri)  # models:/ is resolved through the global URI
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{logged.model_id}", dst_path=str(tmp_path)))
+    files = [p for p in local.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 1_000_000
+    assert {p.suffix for p in files} <= {".py", ".ckpt", ".json", ".txt", ".yaml", ".csv", ""}
+    assert not {"signglove.tar.xz", "scaler.pkl", "config.yaml"} & {p.name for p in files}
+    assert any(p.name == "recognizer.py" for p in files)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (BUNDLED_DIR / "legacy").glob("*.ckpt")))
 def test_onnx_export_matches_pytorch_on_real_episodes(name, test_split, tmp_path):
     root, episodes = test_split
     cfg = compose_config()
-    scaler = legacy.read_scaler_pickle(BUNDLED_DIR / "legacy" / "scaler.pkl", list(cfg.data.channels))
-    net, card = legacy.import_checkpoint(BUNDLED_DIR / "legacy" / name, scaler, cfg)
+    scaler = read_scaler_pickle(BUNDLED_DIR / "legacy" / "scaler.pkl", list(cfg.data.channels))
+    net, card = import_checkpoint(BUNDLED_DIR / "legacy" / name, scaler, cfg)
     torch_rec = Recognizer.from_torch(net, card)
     onnx_rec = Recognizer.from_onnx(export_onnx(net, card, tmp_path / "model.onnx"))
     values = [e.values for e in episodes[:150]]

@@ -13,7 +13,14 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import cli_command, cli_env, run_cli, store_overrides
 
 # A GRU on every training batch: each epoch takes about a second, so a kill lands mid-training.
-TRAINING = ["model=gru", "trainer=debug", "trainer.max_epochs=4", "trainer.limit_train_batches=1.0", "seed=3"]
+TRAINING = [
+    "model=gru",
+    "trainer=debug",
+    "trainer.max_epochs=4",
+    "trainer.limit_train_batches=1.0",
+    "seed=3",
+    "tracking.log_model=false",  # the pyfunc model is checked elsewhere
+]
 CURVES = ["train/loss", "val/loss", "val/acc", "train/lr"]
 RESULTS = ["test/acc", "test/f1_macro", "test/loss", "best/val/loss", "best/epoch"]
 
@@ -45,9 +52,12 @@ def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
     folder = tmp_path / "cut"
     proc = start(spawn, *store, *TRAINING, "tracking.run_name=cut", f"hydra.run.dir={folder}", cwd=tmp_path)
     wait_for(folder / "checkpoints" / "last.ckpt", proc)  # one epoch is done, the next is training
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    while not all(history(client, by_name(client)["cut"].info.run_id, key) for key in CURVES):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]  # and its curves are in MLflow
+        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     cut = by_name(client)["cut"]
     assert cut.info.status == "RUNNING"  # a SIGKILL gives no chance to end the run
     assert 1 <= len(history(client, cut.info.run_id, "val/loss")) < 4
@@ -82,7 +92,6 @@ def test_sigterm_stops_a_sweep_and_resume_completes_it(tmp_path, cache_dir, spaw
         *store_overrides(tmp_path, cache_dir),
         *TRAINING,
         "seed=1,2",
-        "tracking.log_model=false",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
@@ -117,5 +126,5 @@ def test_a_run_folder_is_not_reused_for_another_config(make_cfg):
     refused = r"holds run \w+, started with other values of seed: give this run its own"
     with pytest.raises(ValueError, match=refused):
         train(make_cfg(*overrides, "seed=2"))
-    metrics, objects = train(make_cfg(*overrides))  # the same config again: that finished run, not a new one
-    assert objects["start"].kind == "finished" and "test/acc" in metrics
+    result = train(make_cfg(*overrides))  # the same config again: that finished run, not a new one
+    assert result.start.kind == "finished" and "test/acc" in result.metrics

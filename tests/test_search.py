@@ -84,7 +84,7 @@ WORKER = """
 import sys, time
 from pathlib import Path
 from signglove_exp.training.cli import compose
-from signglove_exp.training.search import open_study
+from signglove_exp.training.study import open_study
 cfg = compose("search=gru", f"paths.outputs={sys.argv[1]}")
 print("ready", flush=True)
 while not Path(sys.argv[2]).exists():

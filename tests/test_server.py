@@ -4,13 +4,12 @@ serve`, is checked with the README's command in test_readme.py)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import report
-from tests.conftest import cli_command, cli_env, free_port, start_server, store_overrides
+from tests.conftest import free_port, run_cli, start_server, store_overrides
 
 
 def every_artifact(client: MlflowClient, run_id: str, path: str | None = None) -> list:
@@ -28,13 +27,16 @@ def test_a_sweep_against_a_shared_server_downloads_back_and_reports_without_file
     uri = f"http://127.0.0.1:{port}"
     overrides = [o for o in store_overrides(tmp_path, cache_dir) if not o.startswith("tracking.uri=")]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    sweep = cli_command(
-        "-m", *overrides, "model=gru", "seed=1,2", "trainer=debug", f"hydra.sweep.dir={tmp_path / 'sw'}"
-    )
-    done = subprocess.run(
-        sweep, cwd=tmp_path, env=cli_env() | {"MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = [
+        "-m",
+        *overrides,
+        "model=gru",
+        "seed=1,2",
+        "trainer=debug",
+        "tracking.log_model=false",
+        f"hydra.sweep.dir={tmp_path / 'sw'}",
+    ]
+    run_cli(*sweep, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     assert len(runs) == 3 and not (tmp_path / "outputs" / "mlflow.db").exists()

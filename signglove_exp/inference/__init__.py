@@ -1,2 +1,3 @@
 """The inference room: `recognizer` (PyTorch or ONNX Runtime), `stream` (live segmentation),
-`onnx_export`, and `pyfunc_model` (the model in MLflow's pyfunc format)."""
+`evaluation` (a model on a set of episodes), `onnx_export`, and `pyfunc_model` (the model in
+MLflow's pyfunc format)."""

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import fcntl
-import logging
 import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import default_outputs
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per download is noise
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # our own lines say where runs are
-for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # a new store's migration steps
-    logging.getLogger(_name).setLevel(logging.WARNING)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI's model-training views
 
 
@@ -45,12 +40,8 @@ def store_lock(uri: str) -> Iterator[None]:
         return
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(f"{db}.lock"):
+        yield
 
 
 def experiment_id(uri: str, name: str) -> tuple[MlflowClient, str]:

@@ -16,14 +16,8 @@ from omegaconf import DictConfig
 
 from signglove_exp.reporting import compare
 from signglove_exp.tracking.queries import RunSelection, fetch_runs
-from signglove_exp.tracking.runs import (
-    SWEEP_RECORD,
-    close_stale_runs,
-    log_report,
-    open_parent,
-    read_record,
-    write_record,
-)
+from signglove_exp.tracking.records import SWEEP_RECORD, close_stale_runs, read_record, write_record
+from signglove_exp.tracking.runs import log_report, open_parent
 from signglove_exp.tracking.store import ensure_experiment, tracking_uri
 
 

@@ -16,14 +16,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from signglove_exp.card import read_checkpoint
-from signglove_exp.tracking.runs import (
-    LOCAL_METRICS,
-    RUN_RECORD,
-    log_files,
-    log_pyfunc,
-    read_run_record,
-    write_record,
-)
+from signglove_exp.tracking.logger import LOCAL_METRICS
+from signglove_exp.tracking.packaging import log_pyfunc
+from signglove_exp.tracking.records import RUN_RECORD, read_run_record, write_record
+from signglove_exp.tracking.runs import log_files
 
 RUN_FILES = (".csv", ".tsv", ".json", ".yaml", ".png", ".txt")  # a run folder's files that MLflow holds
 

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +20,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from signglove_exp import BUNDLED_DIR, CONF_DIR
+
+if TYPE_CHECKING:
+    from signglove_exp.training.train import Launch
 
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 OmegaConf.register_new_resolver("bundled_dir", lambda: str(BUNDLED_DIR), replace=True)
@@ -32,22 +36,40 @@ def compose(*overrides: str) -> DictConfig:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
+    from signglove_exp.console import quiet
     from signglove_exp.training.train import objective, train
 
+    quiet()  # also in a launcher's worker process
     try:
-        metrics, _ = train(cfg)
+        result = train(cfg, launch=launch())
     except (ValueError, FileNotFoundError) as error:  # bad settings or data: one line, not a traceback
         single = HydraConfig.get().mode == RunMode.RUN
         if single and os.environ.get("HYDRA_FULL_ERROR") != "1":
             raise SystemExit(f"Error: {error}") from None
         raise
-    return objective(cfg, metrics)
+    return objective(cfg, result.metrics)
+
+
+def launch() -> Launch:
+    """Hydra's runtime facts about this job, for `train`: its overrides, its multirun, parallel jobs."""
+    from signglove_exp.training.train import Launch
+
+    hydra_cfg = HydraConfig.get()
+    overrides = tuple(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return Launch(overrides)
+    launcher = hydra_cfg.launcher
+    parallel = 1
+    if "joblib" in launcher.get("_target_", ""):
+        n_jobs = launcher.get("n_jobs", 1)
+        parallel = None if n_jobs is None or n_jobs < 1 else n_jobs
+    return Launch(overrides, Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, parallel)
 
 
 def resume_arguments(target: str, rest: list[str]) -> list[str]:
     """`resume=TARGET` as the command line that continues it: a run folder (run.json), a sweep folder
     (multirun.yaml), or an MLflow run id (its folder is tagged `signglove.run_dir`)."""
-    from signglove_exp.tracking.runs import RUN_RECORD
+    from signglove_exp.tracking.records import RUN_RECORD
 
     folder = Path(target)
     if (folder / "multirun.yaml").is_file():
@@ -77,14 +99,26 @@ def resume_arguments(target: str, rest: list[str]) -> list[str]:
     return resume_arguments(run_dir, rest)
 
 
-def cli() -> None:
-    """`main` as a command. `resume=` continues a run or sweep. Ctrl-C and SIGTERM (a cluster's
-    preemption) stop it cleanly: runs KILLED, last.ckpt kept, the finished runs of a multirun
-    reported, exit status 128 + the signal; a broken multirun's runs end FAILED."""
-    argv = sys.argv[1:]
+def cli(argv: list[str] | None = None) -> None:
+    """`main` as a command (`argv`: the words after the command; default: the process's own).
+    `resume=` continues a run or sweep. Ctrl-C and SIGTERM (a cluster's preemption) stop it cleanly:
+    runs KILLED, last.ckpt kept, the finished runs of a multirun reported, exit status 128 + the
+    signal; a broken multirun's runs end FAILED. The signal handlers it sets are undone on return."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     targets = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
     if targets:
-        sys.argv[1:] = resume_arguments(targets[-1], [a for a in argv if not a.startswith("resume=")])
+        argv = resume_arguments(targets[-1], [a for a in argv if not a.startswith("resume=")])
+    saved = sys.argv, signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    sys.argv = [saved[0][0] if saved[0] else "signglove-exp", *argv]
+    try:
+        _run_main()
+    finally:
+        sys.argv = saved[0]
+        signal.signal(signal.SIGINT, saved[1])
+        signal.signal(signal.SIGTERM, saved[2])
+
+
+def _run_main() -> None:
     received: list[int] = []
 
     def on_signal(signum, frame):

@@ -10,7 +10,6 @@ best trial's checkpoint is tested once at the end.
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import optuna
@@ -23,12 +22,11 @@ from signglove_exp.card import read_checkpoint
 from signglove_exp.metrics import classification_metrics
 from signglove_exp.reporting import figures
 from signglove_exp.tracking import runs
-from signglove_exp.tracking.store import store_lock, tracking_uri
+from signglove_exp.tracking.store import tracking_uri
 from signglove_exp.training.cli import compose
 from signglove_exp.training.module import batched_logits
+from signglove_exp.training.study import FINISHED, open_study, suggest
 from signglove_exp.training.train import objective, train
-
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 class Pruning(pl.Callback):
@@ -47,50 +45,10 @@ class Pruning(pl.Callback):
             self.pruned = trainer.should_stop = True
 
 
-def suggest(trial: optuna.Trial, key: str, spec: dict):
-    """One config value from its search-space entry: {choices: [...]} or {low, high, log, step}."""
-    if "choices" in spec:
-        return trial.suggest_categorical(key, list(spec["choices"]))
-    if not {"low", "high"} <= spec.keys():
-        raise ValueError(f"search.params.{key}: give choices, or low and high")
-    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
-    if isinstance(low, int) and isinstance(high, int):
-        return trial.suggest_int(key, low, high, step=spec.get("step", 1), log=log)
-    return trial.suggest_float(key, float(low), float(high), log=log)
-
-
-def direction(metric: str) -> str:
-    return "minimize" if metric.endswith("loss") else "maximize"
-
-
-def open_study(cfg: DictConfig) -> optuna.Study:
-    s = cfg.search
-    url = s.storage or f"sqlite:///{Path(cfg.paths.outputs).resolve() / 'optuna.db'}"
-    with store_lock(url), warnings.catch_warnings():  # workers creating one new SQLite study take turns
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
-        storage = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=s.heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-        )
-        return optuna.create_study(
-            study_name=s.study or f"{cfg.model.name}-search",
-            storage=storage,
-            direction=direction(cfg.optimized_metric),
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs
-            ),
-            load_if_exists=True,
-        )
-
-
 def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
     """The study run to `search.n_trials` finished trials; the best trial's values and test metrics."""
     if not cfg.search.params:
-        raise ValueError(
-            "search.params is empty: name a search space, e.g. search=gru (signglove_exp/conf/search/)"
-        )
+        raise ValueError("search.params is empty: name a search space, e.g. search=gru (conf/search/)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, uri = open_study(cfg), tracking_uri(cfg)
     parent = study.user_attrs.get("mlflow_parent_run")
@@ -115,14 +73,14 @@ def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
             "tracking.log_model=false",
         )
         pruning = Pruning(trial, trial_cfg.optimized_metric)
-        metrics, objects = train(trial_cfg, callbacks=(pruning,))
-        trial.set_user_attr("run_id", objects["run_id"])
-        trial.set_user_attr("checkpoint", str(objects["best_checkpoint"]))
+        result = train(trial_cfg, callbacks=(pruning,))
+        trial.set_user_attr("run_id", result.run_id)
+        trial.set_user_attr("checkpoint", str(result.best_checkpoint))
         state = "PRUNED" if pruning.pruned else "COMPLETE"
-        runs.tag_run(uri, objects["run_id"], {"optuna.trial": str(trial.number), "optuna.state": state})
+        runs.tag_run(uri, result.run_id, {"optuna.trial": str(trial.number), "optuna.state": state})
         if pruning.pruned:
             raise optuna.TrialPruned()
-        return objective(trial_cfg, metrics)
+        return objective(trial_cfg, result.metrics)
 
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     if done < cfg.search.n_trials:

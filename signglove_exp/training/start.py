@@ -18,7 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from signglove_exp.card import ModelCard, read_checkpoint
-from signglove_exp.tracking.runs import flatten, read_run_record
+from signglove_exp.tracking.records import read_run_record
+from signglove_exp.tracking.runs import flatten
 from signglove_exp.tracking.store import tracking_uri
 
 # config keys a fine-tune takes from its source

@@ -1,20 +1,17 @@
 """One experiment: data -> model -> Lightning fit -> test on the best checkpoint -> MLflow run.
 
-`train(cfg)` is plain (tests call it directly) and starts where `starting_point` says (scratch,
-resume, or a source model); the command around it is `training.cli`.
+`train(cfg)` is plain (tests and notebooks call it) and starts where `starting_point` says (scratch,
+resume, or a source model); the command around it, the only place that reads Hydra, is `training.cli`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,7 +21,8 @@ from signglove_exp.card import ModelCard
 from signglove_exp.models import build_model
 from signglove_exp.reporting import figures
 from signglove_exp.reporting.compare import SHARED_CPU
-from signglove_exp.tracking import runs, sweep
+from signglove_exp.tracking import logger as run_logger
+from signglove_exp.tracking import packaging, records, runs, sweep
 from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import tracking_uri
 from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid
@@ -33,12 +31,6 @@ from signglove_exp.training.finetune import freeze
 from signglove_exp.training.module import Classifier, ProgressBar, latency_ms
 from signglove_exp.training.resume_state import ResumeState
 from signglove_exp.training.start import Start, starting_point
-
-NOISE = ("Tip:", "available:", "Restoring states from", "Loaded model weights from", "was configured so 100%")
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-    lambda r: not any(n in r.getMessage() for n in NOISE)  # Lightning's banners: not what a user needs
-)
-warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.13, not ours to fix
 
 
 def loader(arrays, batch_size: int, generator: torch.Generator | None = None) -> DataLoader:
@@ -65,7 +57,33 @@ def check_objective(cfg: DictConfig) -> None:
         )
 
 
-def cpu_threads(cfg: DictConfig, net: torch.nn.Module) -> int:
+@dataclass(frozen=True)
+class Launch:
+    """How the command layer launched this run: Hydra's runtime facts, read there (`training.cli`)."""
+
+    overrides: tuple[str, ...] = ()  # the command line's config overrides, logged as a param
+    sweep_dir: Path | None = None  # the multirun's folder (its parent run's record); None for one run
+    job_num: int | None = None  # this job's number in the multirun
+    parallel_jobs: int | None = 1  # jobs of this multirun sharing the machine (None: one a core)
+
+    def parent(self) -> dict | None:
+        """The parent run of the multirun this job belongs to, from the sweep folder's record."""
+        return sweep.read_parent(self.sweep_dir) if self.sweep_dir else None
+
+
+@dataclass
+class TrainResult:
+    """What `train` leaves behind: a finished MLflow run and, when it trained, what it trained."""
+
+    metrics: dict[str, float]  # test/*, best/*, time/* (and calibration/*): what the run logged at its end
+    run_id: str
+    start: Start
+    best_checkpoint: str | None = None  # None for a run found already finished
+    prepared: data.Prepared | None = None
+    module: Classifier | None = None
+
+
+def cpu_threads(cfg: DictConfig, net: torch.nn.Module, parallel_jobs: int | None = 1) -> int:
     """`threads`: a number, or auto. A recurrent network's step is a chain of small matrix products
     that a second thread slows more than it helps; convolutions share well. Parallel jobs of a
     joblib multirun split the cores between them rather than fight over them."""
@@ -76,34 +94,16 @@ def cpu_threads(cfg: DictConfig, net: torch.nn.Module) -> int:
     if not any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in net.modules()):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // (parallel_jobs() or cores))
+    return max(1, cores // (parallel_jobs or cores))
 
 
-def parallel_jobs() -> int | None:
-    """How many jobs of this multirun share the machine: 1 unless joblib runs several (None: one a core)."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return 1
-    launcher = HydraConfig.get().launcher
-    if "joblib" not in launcher.get("_target_", ""):
-        return 1
-    n_jobs = launcher.get("n_jobs", 1)
-    return None if n_jobs is None or n_jobs < 1 else n_jobs
-
-
-def sweep_parent() -> dict | None:
-    """The parent run of the multirun this job belongs to, from the sweep folder's record."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return sweep.read_parent(HydraConfig.get().sweep.dir)
-
-
-def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[dict[str, float], dict]:
-    """Train and test one configuration; returns (metrics, objects) and leaves a finished MLflow run.
-    `callbacks` join the configured ones (a search's pruning)."""
+def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = (), launch: Launch = Launch()) -> TrainResult:
+    """Train and test one configuration, leaving a finished MLflow run. `callbacks` join the
+    configured ones (a search's pruning); `launch` says how the command line started it."""
     start = starting_point(cfg)
     if start.kind == "finished":
         print(f"Run {start.run_id} already finished: skipped")
-        return run_metrics(start.run_id, tracking_uri(start.cfg)), {"run_id": start.run_id, "start": start}
+        return TrainResult(run_metrics(start.run_id, tracking_uri(start.cfg)), start.run_id, start)
     cfg = start.cfg
     check_objective(cfg)
     check_methods(cfg.calibration.methods)
@@ -117,7 +117,7 @@ def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[dic
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     n_features = len(prepared.preprocess["features"])
     net = build_model(**model_cfg, n_channels=n_features, n_classes=len(classes))
-    torch.set_num_threads(cpu_threads(cfg, net))
+    torch.set_num_threads(cpu_threads(cfg, net, launch.parallel_jobs))
     if start.weights is not None:
         net.load_state_dict(start.weights)
     if cfg.init_from:
@@ -140,13 +140,14 @@ def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[dic
     module = Classifier(
         net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card, augment
     )
-    if start.run_id is None and sweep_parent():  # jobs starting in the same second: the job number tells
-        cfg.tracking.run_name = f"{cfg.tracking.run_name}-job{HydraConfig.get().job.num}"
-    logger = runs.make_logger(cfg, run_tags(cfg, prepared, start, out_dir), start.run_id, out_dir)
-    runs.write_record(out_dir / runs.RUN_RECORD, run_id=logger.run_id, tracking_uri=tracking_uri(cfg))
+    if start.run_id is None and launch.parent():  # jobs starting in the same second: the job number tells
+        cfg.tracking.run_name = f"{cfg.tracking.run_name}-job{launch.job_num}"
+    tags = run_tags(cfg, prepared, start, out_dir, launch)
+    logger = run_logger.make_logger(cfg, tags, start.run_id, out_dir)
+    records.write_record(out_dir / records.RUN_RECORD, run_id=logger.run_id, tracking_uri=tracking_uri(cfg))
     if start.run_id is None:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+        overrides = list(launch.overrides)
         facts = run_facts(prepared, net)
         client, run_id, corpus = logger.experiment, logger.run_id, prepared.corpus
         logger.send(lambda: runs.log_params(client, run_id, cfg, overrides, facts), "params")
@@ -163,9 +164,9 @@ def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[dic
     try:
         metrics, best = fit_and_test(cfg, prepared, module, logger, out_dir, start, callbacks)
     except BaseException as error:
-        runs.end_run(logger, out_dir, runs.stopped_status(error), error)
+        run_logger.end_run(logger, out_dir, run_logger.stopped_status(error), error)
         raise
-    runs.end_run(logger, out_dir, "FINISHED")
+    run_logger.end_run(logger, out_dir, "FINISHED")
     tested = "not tested (test=false)"
     if cfg.test:
         tested = f"test acc {metrics['test/acc']:.4f}, macro F1 {metrics['test/f1_macro']:.4f}"
@@ -177,7 +178,7 @@ def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = ()) -> tuple[dic
         print(f"Not yet in MLflow (the store went away): python -m signglove_exp.upload {out_dir}")
     else:
         print(f"MLflow run: {runs.run_link(tracking_uri(cfg), logger.experiment_id, logger.run_id)}")
-    return metrics, {"prepared": prepared, "module": module, "run_id": logger.run_id, "best_checkpoint": best}
+    return TrainResult(metrics, logger.run_id, start, best or None, prepared, module)
 
 
 def run_facts(prepared: data.Prepared, net) -> dict[str, int]:
@@ -191,13 +192,15 @@ def run_facts(prepared: data.Prepared, net) -> dict[str, int]:
     }
 
 
-def run_tags(cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Path) -> dict[str, str]:
+def run_tags(
+    cfg: DictConfig, prepared: data.Prepared, start: Start, out_dir: Path, launch: Launch
+) -> dict[str, str]:
     """Tags of a new run: data fingerprint, run folder (for resume=RUN_ID), sweep and source links."""
     tags = {"data.fingerprint": prepared.corpus.fingerprint, "signglove.run_dir": str(out_dir.resolve())}
-    parent = sweep_parent()
+    parent = launch.parent()
     if parent:
         tags.update({"mlflow.parentRunId": parent["run_id"], "sweep": parent["sweep"]})
-        if parallel_jobs() != 1:
+        if launch.parallel_jobs != 1:
             tags[SHARED_CPU] = "true"  # its time and latency are measured beside other jobs
     elif cfg.tracking.parent_run:
         tags["mlflow.parentRunId"] = cfg.tracking.parent_run
@@ -299,5 +302,5 @@ def fit_and_test(
         if cfg.tracking.log_model:
             example = prepared.corpus.root / prepared.corpus.episodes[prepared.parts["test"][0]].path
             model = (tracking_uri(cfg), run_id, Path(best), example, module.card)
-            logger.send(lambda: runs.log_pyfunc(*model), "the pyfunc model")
+            logger.send(lambda: packaging.log_pyfunc(*model), "the pyfunc model")
     return metrics, best

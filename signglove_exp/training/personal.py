@@ -1,0 +1,130 @@
+"""A personal model: a trained model calibrated to a new signer with a few labelled episodes, and its
+MLflow run. Library functions (a notebook calls them); `python -m signglove_exp.calibrate` is the command.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from signglove_exp import data
+from signglove_exp.card import CARD_KEY, ModelCard
+from signglove_exp.inference.evaluation import episodes_to_evaluate
+from signglove_exp.inference.recognizer import Recognizer
+from signglove_exp.tracking.packaging import log_pyfunc
+from signglove_exp.tracking.runs import log_evaluation
+from signglove_exp.tracking.store import resolve_uri
+from signglove_exp.training.adapt import adapt, check_methods, evaluate
+
+
+@dataclass
+class PersonalModel:
+    net: torch.nn.Module
+    card: ModelCard  # its lineage names the base model, the method and the calibration episodes
+    corpus: data.Corpus  # the new signer's episodes that fit the model
+    used: np.ndarray  # indices into corpus.episodes, in the order of `calibration` and `rest`
+    calibration: np.ndarray  # positions in `used` that calibrated
+    rest: np.ndarray  # positions in `used` that measured the base and the personal model
+    described: str  # what the data was, in words
+    missing: list[str] = field(default_factory=list)  # classes with no calibration episode
+    metrics: dict[str, float] = field(default_factory=dict)  # base/acc, test/acc, ... on `rest`
+
+
+def source_run_of(model: str) -> str | None:
+    """The MLflow run a model reference names, if it names one."""
+    if model.startswith("runs:/"):
+        return model.split("/")[1]
+    return None if Path(model).is_file() or model.startswith("models:/") else model
+
+
+def personalise(
+    base: Recognizer, source: str, data_dir: str, shots: int, method: str, seed: int, settings: dict
+) -> PersonalModel:
+    """Calibrate `base` (loaded from `source`) with `shots` episodes per class of `data_dir`, drawn by
+    `seed`; `settings` holds the fine-tuning epochs and lr. The other episodes measure both models."""
+    check_methods([method], "--method")
+    if base.net is None:
+        raise ValueError(f"{source}: an ONNX file holds no weights to adapt; give its checkpoint or run")
+    corpus, idx, described = episodes_to_evaluate(base, data_dir)
+    raw = [corpus.episodes[i].values for i in idx]
+    labels = np.array([corpus.episodes[i].label for i in idx])
+    calib, rest = data.draw_shots(labels, shots, seed)
+    missing = sorted(set(range(len(base.classes))) - set(labels[calib].tolist()))
+    net, card = adapt(
+        base.net,
+        base.card,
+        [raw[i] for i in calib],
+        labels[calib],
+        method,
+        {"epochs": settings["epochs"], "lr": settings["lr"], "seed": seed},
+    )
+    card = replace(
+        card,
+        lineage={
+            "source": source,
+            "source_run": source_run_of(source),
+            "source_lineage": base.card.lineage or None,
+            "adapted": f"calibrated: {method}, {shots} episode(s) per class",
+            "method": method,
+            "shots": shots,
+            "calibration_episodes": len(calib),
+            "data": described,
+            "data_fingerprint": corpus.fingerprint,
+        },
+    )
+    metrics = {}
+    if len(rest):
+        rest_raw, rest_labels = [raw[i] for i in rest], labels[rest]
+        before = evaluate(base.net, base.card, rest_raw, rest_labels)
+        after = evaluate(net, card, rest_raw, rest_labels)
+        metrics = {"base/acc": before["acc"], "base/f1_macro": before["f1_macro"]}
+        metrics.update({"test/acc": after["acc"], "test/f1_macro": after["f1_macro"]})
+    missing_jamo = [base.classes[k] for k in missing]
+    return PersonalModel(net, card, corpus, np.asarray(idx), calib, rest, described, missing_jamo, metrics)
+
+
+def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, experiment: str) -> str:
+    """The personal model as an MLflow run: checkpoint, pyfunc model, which episodes calibrated."""
+    card, corpus, lineage = personal.card, personal.corpus, personal.card.lineage
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / f"{card.name}-calibrated.ckpt"
+        torch.save({"state_dict": personal.net.state_dict(), CARD_KEY: card.to_dict()}, checkpoint)
+        manifest = Path(tmp) / "calibration_manifest.csv"
+        with open(manifest, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["path", "role", "jamo"])
+            roles = {int(i): "calibration" for i in personal.calibration}
+            for j, i in enumerate(personal.used):
+                w.writerow([corpus.episodes[i].path, roles.get(j, "test"), corpus.episodes[i].jamo])
+        params = {
+            "source": lineage["source"],
+            "method": lineage["method"],
+            "shots": lineage["shots"],
+            "seed": seed,
+            "data": personal.described,
+            "data.fingerprint": corpus.fingerprint,
+            "n_calibration": len(personal.calibration),
+            "n_test": len(personal.rest),
+            "model.name": card.name,
+        }
+        name = f"calibrated-{card.name}-{Path(personal.described).name}-k{lineage['shots']}"
+        uri = resolve_uri(uri)
+        run_id = log_evaluation(
+            uri,
+            experiment,
+            lineage["source_run"],
+            name,
+            params,
+            personal.metrics,
+            [manifest],
+            kind="calibration",
+            checkpoint=checkpoint,
+        )
+        example = corpus.root / corpus.episodes[personal.used[0]].path
+        log_pyfunc(uri, run_id, checkpoint, example, card)
+    return run_id
