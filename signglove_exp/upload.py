@@ -1,6 +1,6 @@
 """Send a run kept in its folder to its tracking store, once the store is back.
 
-python -m signglove_exp.upload outputs/runs/2026-11-26_08-00-00_gru [--tracking-uri URI]
+python -m signglove_exp.upload outputs/runs/2026-11-26_08-00-00_gru_4242 [--tracking-uri URI]
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ tracking server that goes away (real files, real stores, a real `mlflow server` 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from signglove_exp import BUNDLED_DIR, data, evaluate, upload
 from signglove_exp.card import read_card
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.tracking import records
 from signglove_exp.training.train import train
 from tests.conftest import (
     cli_command,
@@ -87,14 +89,18 @@ def test_evaluating_on_a_folder_with_three_jamo_says_which_classes_are_missing(t
     assert metrics["eval/f1_macro"] >= metrics["eval/acc"] - 0.35  # not divided by 24
 
 
-# 3. Parallel runs on a new SQLite store
+# 3. Parallel runs on a new SQLite store, each in a run folder of its own
 
 
-def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_dir, spawn):
+def test_runs_started_together_on_a_new_sqlite_store_all_land_in_folders_of_their_own(
+    tmp_path, cache_dir, spawn
+):
+    """Started in the same second with the default run folder (its name holds the second): each
+    run still gets its own folder, record and config."""
     store = store_overrides(tmp_path, cache_dir, new_store=True)
     procs = [
         spawn(
-            cli_command(*store, *QUICK, f"seed={seed}", f"hydra.run.dir={tmp_path / str(seed)}"),
+            cli_command(*store, *QUICK, f"seed={seed}"),
             cwd=tmp_path,
             env=cli_env(),
             stdout=subprocess.DEVNULL,
@@ -109,6 +115,21 @@ def test_runs_started_together_on_a_new_sqlite_store_all_land(tmp_path, cache_di
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+    folders = {Path(r.data.tags["signglove.run_dir"]): r for r in runs}
+    assert len(folders) == 2
+    for folder, run in folders.items():
+        assert json.loads((folder / "run.json").read_text(encoding="utf-8"))["run_id"] == run.info.run_id
+        saved = (folder / "config.yaml").read_text(encoding="utf-8")
+        assert f"\nseed: {run.data.params['seed']}\n" in saved
+
+
+def test_a_run_folder_in_use_is_refused_not_shared(make_cfg, tmp_path):
+    """A second run (or a second resume= of the same run) given a folder whose run is still going."""
+    cfg = make_cfg(*QUICK)
+    in_use = pytest.raises(ValueError, match=r"run is in use by a run that is still running")
+    with records.claimed(tmp_path / "run"), in_use:  # the first run, still training
+        train(cfg)
+    assert not (tmp_path / "run" / "run.json").exists()  # nothing of the second was written
 
 
 # 4. A tracking server that goes away
@@ -282,3 +303,17 @@ def test_a_damaged_checkpoint_is_a_clear_error_that_never_advises_unsafe_loading
     proc = run_module("signglove_exp.describe", str(bad), cwd=tmp_path)
     assert proc.returncode != 0 and "weights_only=False" not in proc.stderr
     assert torch.load(REFERENCE, weights_only=True)  # the real one is fine
+
+
+def test_a_checkpoint_cannot_copy_the_environment_into_a_run(make_cfg, tmp_path, monkeypatch):
+    """A model card whose value is `${oc.env:...}` would be resolved by OmegaConf into params,
+    config.yaml and the new card: refused, and the secret is nowhere."""
+    monkeypatch.setenv("SIGNGLOVE_TEST_SECRET", "hunter2")
+    ckpt = torch.load(REFERENCE, map_location="cpu", weights_only=True)
+    ckpt["signglove"]["padding"]["value"] = "${oc.env:SIGNGLOVE_TEST_SECRET}"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(ckpt, crafted)
+    with pytest.raises(ValueError, match=r"padding.value holds an interpolation .* refused"):
+        train(make_cfg(*QUICK, f"init_from={crafted}"))
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".db")]
+    assert not any(b"hunter2" in p.read_bytes() for p in written)

@@ -40,10 +40,10 @@ CHECKS = {
     "python -m signglove_exp sweep=all_models": COMPOSE,
     "python -m signglove_exp -m model=gru,stacked_gru seed=1,2,3": COMPOSE,
     "python -m signglove_exp --cfg job": RUN,
-    "python -m signglove_exp resume=outputs/runs/2026-11-26_08-00-00_gru": RUN,
+    "python -m signglove_exp resume=outputs/runs/2026-11-26_08-00-00_gru_4242": RUN,
     "python -m signglove_exp init_from=RUN_ID finetune.train=head": RUN,
     "python -m signglove_exp resume=RUN_FOLDER": RUN,
-    "python -m signglove_exp.upload outputs/runs/2026-11-26_08-00-00_gru": RUN,
+    "python -m signglove_exp.upload outputs/runs/2026-11-26_08-00-00_gru_4242": RUN,
     "python -m signglove_exp sweep=seeds": COMPOSE,
     "python -m signglove_exp sweep=folds": COMPOSE,
     "python -m signglove_exp sweep=signers": COMPOSE,
@@ -123,7 +123,7 @@ def as_run(command: str, home: Path) -> str:
     run_id = runs[0].info.run_id
     run_folder = runs[0].data.tags["signglove.run_dir"]
     sweeps = sorted((home / "outputs" / "multirun").glob("*"))
-    command = command.replace("outputs/runs/2026-11-26_08-00-00_gru", run_folder)
+    command = command.replace("outputs/runs/2026-11-26_08-00-00_gru_4242", run_folder)
     command = command.replace("RUN_FOLDER", run_folder)
     command = command.replace("2026-11-25_10-05-39", sweeps[0].name if sweeps else "none")
     command = command.replace("RUN_ID", run_id).replace("/path/to/new/signer", str(home / "new-signer"))

@@ -12,12 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_command, cli_env, run_cli, store_overrides
 
-# A GRU on every training batch: each epoch takes about a second, so a kill lands mid-training.
+# A GRU on half the training batches: each epoch takes about half a second, so a kill lands mid-training.
 TRAINING = [
     "model=gru",
     "trainer=debug",
     "trainer.max_epochs=4",
-    "trainer.limit_train_batches=1.0",
+    "trainer.limit_train_batches=0.5",
     "seed=3",
     "tracking.log_model=false",  # the pyfunc model is checked elsewhere
 ]

@@ -8,16 +8,42 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+from filelock import FileLock, Timeout
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 RUN_RECORD = "run.json"  # in a run folder: the MLflow run it belongs to, and the process running it
 SWEEP_RECORD = "sweep_run.json"  # in a sweep folder: the parent run, its sweep tag, store and process
+RUN_LOCK = "run.lock"  # in a run folder: held by the process running it, released when it ends or dies
+
+
+@contextmanager
+def claimed(out_dir: Path) -> Iterator[None]:
+    """The run folder for this process alone while the run lasts: a second process (a second
+    `resume=` of the same run, a second run given the same folder) is refused, never interleaved.
+    The OS releases the lock when the process dies, so a killed run can be resumed at once."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out_dir / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        record = read_run_record(out_dir) or {}
+        who = f"run {record['run_id']}, process {record.get('pid')}" if "run_id" in record else "a run"
+        raise ValueError(
+            f"paths.output_dir {out_dir} is in use by {who} that is still running: wait for it to end, "
+            "or give this run a folder of its own"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_record(path: Path, **fields) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 OmegaConf.register_new_resolver("bundled_dir", lambda: str(BUNDLED_DIR), replace=True)
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)  # run folders of runs started together
 
 
 def compose(*overrides: str) -> DictConfig:

@@ -79,12 +79,24 @@ def _fresh(cfg: DictConfig) -> Start:
     path, source_run = source_checkpoint(cfg)
     card, weights, _ = read_checkpoint(path)
     card.check_fits(cfg.data.classes, cfg.data.channels, f"init_from={cfg.init_from}")
+    adopted = {
+        "model": {k: v for k, v in card.model.items() if k not in ("n_channels", "n_classes")},
+        "data.seq_len": card.seq_len,
+        "data.padding": dict(card.padding),
+        "data.transforms": card.preprocess.get("transforms", {}),
+        "data.normalize": card.preprocess.get("normalize", "global"),
+    }
+    for key, value in flatten(adopted).items():
+        if "${" in value:  # OmegaConf would resolve it: ${oc.env:...} copies the environment into the run
+            raise ValueError(
+                f"init_from={cfg.init_from}: the model card's {key} holds an interpolation ({value[:80]}); "
+                "values read from a checkpoint are data, and this one is refused"
+            )
     cfg = cfg.copy()
     with open_dict(cfg):  # what ADOPTED names
-        cfg.model = {k: v for k, v in card.model.items() if k not in ("n_channels", "n_classes")}
-        cfg.data.seq_len, cfg.data.padding = card.seq_len, dict(card.padding)
-        cfg.data.transforms = card.preprocess.get("transforms", {})
-        cfg.data.normalize = card.preprocess.get("normalize", "global")
+        cfg.model = adopted["model"]
+        cfg.data.seq_len, cfg.data.padding = adopted["data.seq_len"], adopted["data.padding"]
+        cfg.data.transforms, cfg.data.normalize = adopted["data.transforms"], adopted["data.normalize"]
     lineage = {
         "source": str(cfg.init_from),
         "source_run": source_run,

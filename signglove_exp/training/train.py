@@ -99,7 +99,13 @@ def cpu_threads(cfg: DictConfig, net: torch.nn.Module, parallel_jobs: int | None
 
 def train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...] = (), launch: Launch = Launch()) -> TrainResult:
     """Train and test one configuration, leaving a finished MLflow run. `callbacks` join the
-    configured ones (a search's pruning); `launch` says how the command line started it."""
+    configured ones (a search's pruning); `launch` says how the command line started it. The run
+    folder is this process's alone meanwhile (`records.claimed`)."""
+    with records.claimed(Path(cfg.paths.output_dir)):
+        return _train(cfg, callbacks, launch)
+
+
+def _train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...], launch: Launch) -> TrainResult:
     start = starting_point(cfg)
     if start.kind == "finished":
         print(f"Run {start.run_id} already finished: skipped")
