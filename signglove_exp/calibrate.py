@@ -43,9 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     personal = personalise(base, args.model, args.data, args.shots, method, args.seed, tuning)
     run_id = log_personal_model(personal, args.seed, args.tracking_uri, args.experiment)
     metrics = personal.metrics
+    used = personal.card.lineage["shots"]
+    fewer = f"; {args.shots} asked, the data holds fewer" if used < args.shots else ""
     print(
         f"{personal.described}: {len(personal.calibration)} episodes calibrated the model "
-        f"({method}, {args.shots} per class)."
+        f"({method}, {used} per class{fewer})."
     )
     if (base.card.preprocess or {}).get("normalize") == "per_signer" and "renorm" not in method.split("+"):
         print("This model normalises per signer: a method starting with renorm gives it your statistics")

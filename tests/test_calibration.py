@@ -188,7 +188,9 @@ def test_prototype_calibration_is_the_nearest_class_mean_on_the_embedding(corpus
     assert evaluate(tuned, tuned_card, [raw[i] for i in rest], labels[rest])["acc"] > 0
 
 
-def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(corpus, tmp_path, monkeypatch):
+def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
+    corpus, tmp_path, monkeypatch, capsys
+):
     folder = tmp_path / "my-recordings"
     for e in [e for e in corpus.episodes if e.signer == "JY" and e.reason is None][::6]:
         (folder / e.jamo / e.session).mkdir(parents=True, exist_ok=True)
@@ -226,6 +228,12 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(corpu
     np.testing.assert_allclose(onnx.probabilities(episodes), rec.probabilities(episodes), atol=1e-5)
     with pytest.raises(ValueError, match="--method: unknown method nearest"):
         calibrate.main([str(PRETRAINED), "--data", str(folder), "--method", "renorm+nearest"])
+    capsys.readouterr()
+    every = calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "500", "--tracking-uri", uri])
+    held = min(truth.count(j) + 2 for j in set(truth))  # the fewest episodes of a class in the folder
+    lineage = Recognizer.load(every["run_id"], uri).card.lineage
+    assert lineage["shots"] == held and lineage["shots_asked"] == 500  # what was used, not what was asked
+    assert f"{held} per class; 500 asked, the data holds fewer" in capsys.readouterr().out
 
 
 def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, cache_dir):

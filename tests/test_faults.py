@@ -223,14 +223,17 @@ def test_the_scaler_sees_what_the_model_reads():
 
 def test_linked_folders_fifos_dangling_links_bom_and_doubled_columns(tmp_path):
     root = tmp_path / "root"
-    good = copy_episodes(tmp_path / "elsewhere", ["ㄱ"], per_class=3)
+    good = copy_episodes(root / "store", ["ㄱ"], per_class=3)
     (root / "unified_HB").mkdir(parents=True)
     (root / "unified_HB" / "ㄱ").symlink_to(good[0].parents[1], target_is_directory=True)  # a linked class
     session = root / "unified_HB" / "ㄴ" / "1"
     session.mkdir(parents=True)
     os.mkfifo(session / "episode_fifo.csv")
-    (session / "episode_dangling.csv").symlink_to(tmp_path / "gone.csv")
+    (session / "episode_dangling.csv").symlink_to(root / "gone.csv")
     (session / "loop").symlink_to(session, target_is_directory=True)
+    (session / "machine").symlink_to("/", target_is_directory=True)  # never walked: not in data.root
+    elsewhere = copy_episodes(tmp_path / "elsewhere", ["ㄴ"], per_class=1)[0]
+    (session / "episode_elsewhere.csv").symlink_to(elsewhere)
     text = good[0].read_text(encoding="utf-8")
     (session / "episode_bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
     header, rest = text.split("\n", 1)
@@ -247,6 +250,8 @@ def test_linked_folders_fifos_dangling_links_bom_and_doubled_columns(tmp_path):
     assert reasons["episode_dangling.csv"].startswith("not a regular file")
     assert reasons["episode_twice.csv"] == "column(s) flex1 appear more than once in the header"
     assert reasons["loop"].startswith("a link to a folder already read")
+    assert reasons["machine"] == "a link out of data.root: not followed"
+    assert reasons["episode_elsewhere.csv"] == "a link out of data.root: not read"
 
 
 # 7. Clear errors
@@ -317,3 +322,26 @@ def test_a_checkpoint_cannot_copy_the_environment_into_a_run(make_cfg, tmp_path,
         train(make_cfg(*QUICK, f"init_from={crafted}"))
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".yaml", ".json", ".db")]
     assert not any(b"hunter2" in p.read_bytes() for p in written)
+
+
+def test_a_run_from_a_model_uri_lands_in_the_store_the_environment_names(cli_run, tmp_path, cache_dir):
+    """MLFLOW_TRACKING_URI names the store: the source model is read from it, and the new run goes to
+    it (MLflow's own temporary URI switch used to delete the variable, and the run went to
+    ./outputs/mlflow.db)."""
+    _, source, tmp, _ = cli_run
+    store = tmp_path / "team.db"
+    shutil.copyfile(tmp / "mlflow.db", store)  # the shared run's store, as a team's store
+    settings = [o for o in store_overrides(tmp_path, cache_dir) if not o.startswith("tracking.uri=")]
+    run_cli(
+        *settings,
+        *QUICK,
+        f"init_from=runs:/{source.info.run_id}/model",
+        "finetune.train=head",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{store}"},
+    )
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    (tuned,) = [r for r in runs if r.data.tags.get("signglove.run_dir", "").startswith(str(tmp_path))]
+    assert tuned.data.tags["signglove.source_run"] == source.info.run_id
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()

@@ -143,19 +143,36 @@ def _is_float(text: str) -> bool:
 
 
 def find_episode_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Every `episode_*.csv` under root at any depth, following linked folders (each real folder
-    once); a link back to a folder already read is reported, not followed."""
+    """Every `episode_*.csv` under root at any depth, following linked folders that stay inside root
+    (each real folder once). A link back to a folder already read, and a link that leads out of root
+    (to `/`, say: the loader would read the whole machine), are reported, not followed."""
     files, problems, seen = [], [], set()
+    inside = os.path.realpath(root)
+
+    def out_of_root(path: Path) -> bool:
+        real = os.path.realpath(path)
+        return os.path.commonpath([real, inside]) != inside
+
     for folder, subfolders, names in os.walk(root, followlinks=True):
+        here = Path(folder)
         real = os.path.realpath(folder)
         if real in seen:
-            problems.append(
-                (Path(folder).relative_to(root).as_posix(), "a link to a folder already read: skipped")
-            )
+            problems.append((here.relative_to(root).as_posix(), "a link to a folder already read: skipped"))
             subfolders[:] = []
             continue
         seen.add(real)
-        files += [Path(folder) / n for n in names if fnmatch(n, "episode_*.csv")]
+        for name in [n for n in subfolders if out_of_root(here / n)]:
+            problems.append(
+                ((here / name).relative_to(root).as_posix(), "a link out of data.root: not followed")
+            )
+            subfolders.remove(name)
+        for name in sorted(n for n in names if fnmatch(n, "episode_*.csv")):
+            if out_of_root(here / name) and (here / name).is_symlink():
+                problems.append(
+                    ((here / name).relative_to(root).as_posix(), "a link out of data.root: not read")
+                )
+            else:
+                files.append(here / name)
     return sorted(files), problems
 
 

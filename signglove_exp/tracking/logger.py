@@ -19,7 +19,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from requests.exceptions import RequestException
 
 from signglove_exp.tracking.records import RUN_RECORD, close_stale_runs, read_run_record, write_record
-from signglove_exp.tracking.store import ensure_experiment, git_commit, tracking_uri
+from signglove_exp.tracking.store import ensure_experiment, git_commit, redact, tracking_uri
 
 LOCAL_METRICS = "metrics.jsonl"  # in a run folder: every metric logged, one JSON object a line
 
@@ -65,7 +65,7 @@ class RunLogger(MLFlowLogger):
             self.offline = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
             folder = self.local_file.parent if self.local_file else "the run folder"
             print(
-                f"\nThe tracking store {self._tracking_uri} stopped answering while logging {what} "
+                f"\nThe tracking store {redact(self._tracking_uri)} stopped answering while logging {what} "
                 f"({self.offline}). Training goes on; every metric, checkpoint and file stays in {folder}. "
                 f"When the store is back: python -m signglove_exp.upload {folder}\n",
                 file=sys.stderr,
@@ -94,7 +94,7 @@ def make_logger(
         client, experiment = ensure_experiment(cfg)
     except MlflowException as error:
         raise ValueError(
-            f"tracking.uri {tracking_uri(cfg)}: the store does not answer "
+            f"tracking.uri {redact(tracking_uri(cfg))}: the store does not answer "
             f"({str(error).splitlines()[0][:200]})"
         ) from None
     close_stale_runs(client, experiment)

@@ -13,10 +13,10 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import infer_signature
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # start_run reads the global URI
 from mlflow.types import ColSpec
 
 from signglove_exp.card import CARD_KEY, ModelCard
+from signglove_exp.tracking.store import global_tracking_uri
 
 PYFUNC_REQUIREMENTS = ["torch==2.13.0", "pytorch-lightning>=2.6,<2.7", "numpy", "scikit-learn", "pandas"]
 
@@ -37,7 +37,7 @@ def log_pyfunc(uri: str, run_id: str, checkpoint: Path, example_csv: Path, card:
         )
         signature.inputs.inputs.append(ColSpec("string", "episode", required=False))
         package = Path(__file__).resolve().parents[1]
-        with _use_tracking_uri(uri), tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        with global_tracking_uri(uri), tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
             code = Path(tmp) / package.name
             for source in package.rglob("*.py"):
                 target = code / source.relative_to(package)

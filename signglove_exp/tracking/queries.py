@@ -12,11 +12,10 @@ import mlflow.artifacts
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from signglove_exp import default_outputs
 from signglove_exp.tracking.runs import CONFUSION_TAG
-from signglove_exp.tracking.store import resolve_uri
+from signglove_exp.tracking.store import global_tracking_uri, resolve_uri
 
 
 @dataclass
@@ -107,7 +106,7 @@ def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | 
     """
     if ":/" in run_id:
         # MLflow 3 finds the logged model behind runs:/<id>/model through its global tracking URI only
-        with _use_tracking_uri(resolve_uri(uri)):
+        with global_tracking_uri(resolve_uri(uri)):
             local = mlflow.artifacts.download_artifacts(artifact_uri=run_id, tracking_uri=resolve_uri(uri))
         found = sorted(Path(local).rglob("*.ckpt"))
         if not found:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import psutil
 from filelock import FileLock, Timeout
 
+from signglove_exp.tracking.store import redact
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -49,6 +51,8 @@ def claimed(out_dir: Path) -> Iterator[None]:
 def write_record(path: Path, **fields) -> None:
     """A run's (or sweep's) record in its folder, naming this process (pid and start time, since the
     OS reuses pids) so a later start can tell that a run left RUNNING has no process any more."""
+    if "tracking_uri" in fields:  # a record is a file anyone may read: no credentials in it
+        fields["tracking_uri"] = redact(fields["tracking_uri"])
     record = {**fields, "host": socket.gethostname(), "pid": os.getpid(), "started": process_started()}
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
@@ -59,6 +63,12 @@ def read_record(path: Path) -> dict | None:
 
 def read_run_record(out_dir: Path) -> dict | None:
     return read_record(Path(out_dir) / RUN_RECORD)
+
+
+def recorded_store(record: dict, current: str) -> str:
+    """The store a record names, reached through `current` when that is the same store with the
+    credentials the record leaves out."""
+    return current if redact(current) == record["tracking_uri"] else record["tracking_uri"]
 
 
 def close_stale_runs(client: MlflowClient, experiment_id: str) -> list[str]:

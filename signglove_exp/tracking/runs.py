@@ -18,6 +18,7 @@ from signglove_exp.tracking.store import (
     ensure_experiment,
     experiment_id,
     git_commit,
+    redact,
     resolve_uri,
 )
 
@@ -38,6 +39,7 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
 
 NOT_PARAMS = (
     "paths.",
+    "tracking.uri",  # it may carry a password; the run's store is where the run is
     "data.root",
     "data.archive",
     "data.unpack_to",
@@ -57,7 +59,8 @@ def log_params(client: MlflowClient, run_id: str, cfg: DictConfig, overrides: li
         if not k.startswith(NOT_PARAMS) and not k.endswith(("._target_", "._partial_", ".dirpath"))
     }
     params.update({k: str(v) for k, v in facts.items()})
-    params["overrides"] = " ".join(overrides) or "(none)"
+    params["overrides"] = " ".join(k + eq + redact(v) for k, eq, v in (o.partition("=") for o in overrides))
+    params["overrides"] = params["overrides"] or "(none)"
     items = [Param(k, v[:MAX_PARAM_CHARS]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
@@ -109,7 +112,7 @@ def system_monitor(uri: str, run_id: str, every_s: float):
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:
     """Where the run opens in the MLflow UI: the server itself, or `make ui` for a local store."""
-    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    base = redact(uri).rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
     hint = "" if uri.startswith("http") else "  (make ui, or: mlflow ui --backend-store-uri " + uri + ")"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{hint}"
 

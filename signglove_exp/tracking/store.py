@@ -7,6 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 from mlflow.exceptions import MlflowException
@@ -29,6 +30,34 @@ def resolve_uri(uri: str | None, outputs: str | Path | None = None) -> str:
 
 def tracking_uri(cfg) -> str:
     return resolve_uri(cfg.tracking.uri, cfg.paths.outputs)
+
+
+def redact(uri: str) -> str:
+    """A URI as it may be printed or stored: without the user and password it may carry."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host))
+
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri`, for the calls that read only that one (a model URI's
+    download, `start_run`), then put back as it was. MLflow's own `_use_tracking_uri` deletes
+    $MLFLOW_TRACKING_URI on the way out when no global URI had been set, and every later run of the
+    process then went to ./outputs/mlflow.db instead of the store the user named."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    previous, variable = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if variable is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
 
 
 @contextmanager

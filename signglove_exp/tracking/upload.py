@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from omegaconf import OmegaConf
 from signglove_exp.card import read_checkpoint
 from signglove_exp.tracking.logger import LOCAL_METRICS
 from signglove_exp.tracking.packaging import log_pyfunc
-from signglove_exp.tracking.records import RUN_RECORD, read_run_record, write_record
+from signglove_exp.tracking.records import RUN_RECORD, read_run_record, recorded_store, write_record
 from signglove_exp.tracking.runs import log_files
 
 RUN_FILES = (".csv", ".tsv", ".json", ".yaml", ".png", ".txt")  # a run folder's files that MLflow holds
@@ -29,7 +30,7 @@ def upload_run(folder: Path, uri: str | None = None) -> str:
     record = read_run_record(folder)
     if record is None:
         raise ValueError(f"{folder}: no {RUN_RECORD}, not a run folder")
-    uri = uri or record["tracking_uri"]
+    uri = uri or recorded_store(record, os.environ.get("MLFLOW_TRACKING_URI") or record["tracking_uri"])
     client, run_id = MlflowClient(uri), record["run_id"]
     client.get_run(run_id)
     points = [json.loads(line) for line in (folder / LOCAL_METRICS).read_text(encoding="utf-8").splitlines()]

@@ -55,6 +55,8 @@ def personalise(
     labels = np.array([corpus.episodes[i].label for i in idx])
     calib, rest = data.draw_shots(labels, shots, seed)
     missing = sorted(set(range(len(base.classes))) - set(labels[calib].tolist()))
+    per_class = np.bincount(labels[calib])
+    used = int(per_class[per_class > 0].min())  # a class with fewer episodes than asked gives all it has
     net, card = adapt(
         base.net,
         base.card,
@@ -69,9 +71,11 @@ def personalise(
             "source": source,
             "source_run": source_run_of(source),
             "source_lineage": base.card.lineage or None,
-            "adapted": f"calibrated: {method}, {shots} episode(s) per class",
+            "adapted": f"calibrated: {method}, {used} episode(s) per class"
+            + (f" ({shots} asked; the data holds fewer)" if used < shots else ""),
             "method": method,
-            "shots": shots,
+            "shots": used,
+            "shots_asked": shots,
             "calibration_episodes": len(calib),
             "data": described,
             "data_fingerprint": corpus.fingerprint,
@@ -105,6 +109,7 @@ def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, expe
             "source": lineage["source"],
             "method": lineage["method"],
             "shots": lineage["shots"],
+            "shots_asked": lineage["shots_asked"],
             "seed": seed,
             "data": personal.described,
             "data.fingerprint": corpus.fingerprint,

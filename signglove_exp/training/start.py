@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from signglove_exp.card import ModelCard, read_checkpoint
-from signglove_exp.tracking.records import read_run_record
+from signglove_exp.tracking.records import read_run_record, recorded_store
 from signglove_exp.tracking.runs import flatten
 from signglove_exp.tracking.store import tracking_uri
 
@@ -44,8 +44,10 @@ def starting_point(cfg: DictConfig) -> Start:
         return _fresh(cfg)
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    store = recorded_store(record, tracking_uri(cfg))
+    run = MlflowClient(store).get_run(record["run_id"])
     saved = OmegaConf.load(out_dir / "config.yaml")
+    saved.tracking.uri = store  # the saved config names it without credentials
     changed = config_changes(saved, cfg)
     if changed:
         raise ValueError(
@@ -66,10 +68,11 @@ def starting_point(cfg: DictConfig) -> Start:
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:
     """The dotted keys whose resolved values differ between a run's saved config and `cfg`, aside from
-    the run name (it holds the time it started), the CPU threads (a property of the machine) and, for a
-    fine-tune, what came from its source."""
+    the run name (it holds the time it started), the store (saved without credentials; the run's
+    record says which store), the CPU threads (a property of the machine) and, for a fine-tune, what
+    came from its source."""
     a, b = (flatten(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
-    aside = ("tracking.run_name", "threads", *(ADOPTED if saved.get("init_from") else ()))
+    aside = ("tracking.run_name", "tracking.uri", "threads", *(ADOPTED if saved.get("init_from") else ()))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(aside))
 
 

@@ -24,7 +24,7 @@ from signglove_exp.reporting.compare import SHARED_CPU
 from signglove_exp.tracking import logger as run_logger
 from signglove_exp.tracking import packaging, records, runs, sweep
 from signglove_exp.tracking.queries import run_metrics
-from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.tracking.store import redact, tracking_uri
 from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.finetune import freeze
@@ -152,7 +152,9 @@ def _train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...], launch: Launch) 
     logger = run_logger.make_logger(cfg, tags, start.run_id, out_dir)
     records.write_record(out_dir / records.RUN_RECORD, run_id=logger.run_id, tracking_uri=tracking_uri(cfg))
     if start.run_id is None:
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        saved = OmegaConf.to_container(cfg, resolve=True)
+        saved["tracking"]["uri"] = saved["tracking"]["uri"] and redact(saved["tracking"]["uri"])
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(saved), encoding="utf-8")
         overrides = list(launch.overrides)
         facts = run_facts(prepared, net)
         client, run_id, corpus = logger.experiment, logger.run_id, prepared.corpus
