@@ -73,7 +73,7 @@ def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split)
 
 def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     root, episodes = test_split
-    episodes = episodes[:4]  # about 7 s of signing
+    episodes = episodes[:3]  # about 5 s of signing
     lines = replay_lines(root, episodes)
     capture = tmp_path / "glove.csv"
     capture.write_text(lines[0] + "\n", encoding="utf-8")

@@ -75,7 +75,7 @@ def test_the_mlflow_ui_shows_a_model_training_run_with_its_dataset_and_clean_nam
 def test_system_metrics_are_an_option(make_cfg):
     quick = [
         "trainer=debug",
-        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=1.0",  # two epochs of every batch: seconds, several samples
         "tracking.log_model=false",
     ]
     cfg = make_cfg(*quick, "tracking.system_metrics_s=0.5")
