@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -205,3 +206,25 @@ def test_the_serving_command_answers_a_real_episode_as_recognize_does(folder, sp
     expected = rec.predict(rec.read(folder / "a.csv"))
     assert row["jamo"] == expected.jamo and row["top3"].startswith(f"{expected.jamo}:")
     assert abs(row["confidence"] - expected.confidence) < 1e-5
+    for value, problem in ((float("nan"), "nan is not a finite number"), (float("inf"), "inf is not")):
+        rows = frame.astype(object).values.tolist()  # integers stay integers, as the schema wants
+        rows[3][list(frame.columns).index("pitch")] = value  # a float column: the schema lets it through
+        payload = {"dataframe_split": {"columns": list(frame.columns), "data": rows}}
+        refused = refusal(port, json.dumps(payload))  # NaN and Infinity as JSON's extended literals
+        assert refused[0] == 400 and f"row 4, column pitch: {problem}" in refused[1], refused
+        assert "Traceback" not in refused[1]
+    empty = {"dataframe_split": {"columns": list(frame.columns), "data": []}}
+    status, text = refusal(port, json.dumps(empty))
+    assert status == 400 and "Traceback" not in text, text
+
+
+def refusal(port: int, body: str) -> tuple[int, str]:
+    """(status, body) of a request the server is expected to refuse."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", body.encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()

@@ -12,12 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import cli_command, cli_env, run_cli, store_overrides
 
-# A GRU on half the training batches: each epoch takes about half a second, so a kill lands mid-training.
+# A GRU on every training batch: each epoch takes about a second, so a kill lands mid-training.
 TRAINING = [
     "model=gru",
     "trainer=debug",
     "trainer.max_epochs=4",
-    "trainer.limit_train_batches=0.5",
+    "trainer.limit_train_batches=1.0",
     "seed=3",
     "tracking.log_model=false",  # the pyfunc model is checked elsewhere
 ]
@@ -98,7 +98,7 @@ def test_sigterm_stops_a_sweep_and_resume_completes_it(tmp_path, cache_dir, spaw
     wait_for(sweep / "1_gru" / "checkpoints" / "last.ckpt", proc)  # the second job is training
     proc.send_signal(signal.SIGTERM)  # a scheduler's preemption
     output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM and "Stopped by SIGTERM." in output
+    assert proc.returncode == 128 + signal.SIGTERM and "Stopped by SIGTERM." in output, output[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

@@ -2,10 +2,14 @@
 
 Rows are glove samples with the model's channel columns (extra columns such as timestamps are
 ignored); an optional `episode` column groups rows into episodes, else all rows are one episode.
+An empty episode or a non-finite value is refused (the server answers 400, naming row and column).
 """
 
 import mlflow
+import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from signglove_exp.inference.recognizer import Recognizer
 
@@ -15,12 +19,23 @@ class GlovePyfunc(mlflow.pyfunc.PythonModel):
         self.rec = Recognizer.from_checkpoint(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        if model_input.empty:
+            raise MlflowException("no samples: an episode needs at least one row", INVALID_PARAMETER_VALUE)
         groups = (
             model_input.groupby("episode", sort=False) if "episode" in model_input else [("0", model_input)]
         )
         names, episodes = zip(
             *((str(k), g[self.rec.channels].to_numpy(float)) for k, g in groups), strict=True
         )
+        for name, values in zip(names, episodes, strict=True):
+            bad = np.argwhere(~np.isfinite(values))
+            if len(bad):
+                row, col = bad[0]
+                raise MlflowException(
+                    f"episode {name}, row {row + 1}, column {self.rec.channels[col]}: "
+                    f"{values[row, col]} is not a finite number",
+                    INVALID_PARAMETER_VALUE,
+                )
         preds = self.rec.predict_batch(list(episodes))
         return pd.DataFrame(
             {
