@@ -166,8 +166,8 @@ def find_episode_files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                 ((here / name).relative_to(root).as_posix(), "a link out of data.root: not followed")
             )
             subfolders.remove(name)
-        for name in sorted(n for n in names if fnmatch(n, "episode_*.csv")):
-            if out_of_root(here / name) and (here / name).is_symlink():
+        for name in (n for n in names if fnmatch(n, "episode_*.csv")):
+            if (here / name).is_symlink() and out_of_root(here / name):  # only a link can lead out
                 problems.append(
                     ((here / name).relative_to(root).as_posix(), "a link out of data.root: not read")
                 )
