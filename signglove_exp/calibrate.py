@@ -4,10 +4,11 @@ python -m signglove_exp.calibrate BASE_MODEL --data MY_RECORDINGS [--shots 5] [-
 
 BASE_MODEL is a checkpoint, an MLflow run id or a runs:/ or models:/ URI (the bundled pretrained GRU:
 signglove_exp/bundled/pretrained/gru-reference.ckpt). MY_RECORDINGS holds the new signer's episodes in
-class folders. `--shots` episodes of each class (drawn by `--seed`) calibrate; the others, if any,
-measure the base and the personal model. The personal model is an MLflow run (checkpoint, pyfunc
-model, which files calibrated) whose card names its base model and method: `recognize RUN_ID`,
-`--stream` and `export` take it like any other.
+class folders, one for each of the model's classes (calibrating on some would change, unmeasured,
+what the others read: refused). `--shots` episodes of each class (drawn by `--seed`) calibrate; the
+others, if any, measure the base and the personal model. The personal model is an MLflow run
+(checkpoint, pyfunc model, which files calibrated) whose card names its base model and method:
+`recognize RUN_ID`, `--stream` and `export` take it like any other.
 """
 
 from __future__ import annotations
@@ -51,11 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if (base.card.preprocess or {}).get("normalize") == "per_signer" and "renorm" not in method.split("+"):
         print("This model normalises per signer: a method starting with renorm gives it your statistics")
-    if personal.missing:
-        print(
-            f"No calibration episode for {' '.join(personal.missing)}: "
-            "those classes keep the base model's output weights"
-        )
     if metrics:
         print(
             f"On the other {len(personal.rest)} episodes: base model acc {metrics['base/acc']:.4f}, "

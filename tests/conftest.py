@@ -63,6 +63,13 @@ def pytest_itemcollected(item):
             item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{name}"))
 
 
+def pytest_collection_modifyitems(items):
+    """The long tests first (those that start processes, those of a shared module fixture), so the two
+    xdist workers end together rather than one waiting alone on a long test handed out last."""
+    long = {"spawn", *SHARED_MODULE_FIXTURES}
+    items.sort(key=lambda item: not long & set(getattr(item, "fixturenames", ())))
+
+
 @pytest.fixture
 def spawn():
     """Popen for a test: every process it starts (in a session of its own) is killed, with all its

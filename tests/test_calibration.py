@@ -236,6 +236,22 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     assert f"{held} per class; 500 asked, the data holds fewer" in capsys.readouterr().out
 
 
+def test_calibrating_on_some_classes_is_refused_not_a_model_that_reads_the_others_wrong(corpus, tmp_path):
+    """Three jamo of 24 used to give a personal model that read the signer's other 21 at 0.12 (40% of
+    all its answers one of the three) while its summary showed 1.000 -> 0.908 on those three."""
+    folder = tmp_path / "three"
+    for e in [e for e in corpus.episodes if e.signer == "JY" and e.jamo in "ㄱㄴㄷ" and e.reason is None][
+        ::9
+    ]:
+        (folder / e.jamo / e.session).mkdir(parents=True, exist_ok=True)
+        shutil.copy(episodes_root() / e.path, folder / e.jamo / e.session / Path(e.path).name)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    refused = r"--data .*three: no episode of 21 of the model's 24 classes \(ㄹ ㅁ .*\); calibrating on some"
+    with pytest.raises(ValueError, match=refused):
+        calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "2", "--tracking-uri", uri])
+    assert not (tmp_path / "mlflow.db").exists()  # no personal model was logged
+
+
 def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, cache_dir):
     client, runs, _ = run_sweep(
         tmp_path,

@@ -109,6 +109,9 @@ def test_malformed_episodes_are_reported_with_file_and_reason(prepared, tmp_path
     stray = root / "unified_XX" / "ㅄ" / "1" / "episode_unknown.csv"
     stray.parent.mkdir(parents=True)
     shutil.copy(good[0], stray)
+    look_alike = root / "unified_XX" / "\u1100" / "1" / "episode_look_alike.csv"  # not U+3131, drawn the same
+    look_alike.parent.mkdir(parents=True)
+    shutil.copy(good[0], look_alike)
 
     corpus = data.load_corpus(root, prepared.corpus.classes, prepared.corpus.channels, 10, "unified_")
     reasons = {Path(p).name: r for p, r in corpus.rejected}
@@ -121,6 +124,7 @@ def test_malformed_episodes_are_reported_with_file_and_reason(prepared, tmp_path
         "episode_ragged.csv",
         "episode_binary.csv",
         "episode_unknown.csv",
+        "episode_look_alike.csv",
     }
     assert "non-finite value 'nan'" in reasons["episode_nan.csv"] and "line 7" in reasons["episode_nan.csv"]
     assert reasons["episode_text.csv"] == "line 5: non-numeric value 'abc' in column pitch"
@@ -129,7 +133,10 @@ def test_malformed_episodes_are_reported_with_file_and_reason(prepared, tmp_path
     assert reasons["episode_empty.csv"] == "empty file"
     assert "fields, header has" in reasons["episode_ragged.csv"]
     assert reasons["episode_binary.csv"].startswith("unreadable")
-    assert "'ㅄ' is not in data.classes" in reasons["episode_unknown.csv"]
+    assert reasons["episode_unknown.csv"] == "class folder 'ㅄ' (U+3144) is not in data.classes"
+    assert reasons["episode_look_alike.csv"] == (
+        "class folder '\u1100' (U+1100) is not in data.classes; it looks like 'ㄱ' (U+3131), which is"
+    )
     usable = [e for e in corpus.episodes if e.reason is None]
     assert {Path(e.path).name for e in usable} == {g.name for g in good}
     assert all(e.signer == "XX" for e in corpus.episodes)

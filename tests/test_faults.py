@@ -3,10 +3,14 @@ tracking server that goes away (real files, real stores, a real `mlflow server` 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -308,6 +312,54 @@ def test_a_damaged_checkpoint_is_a_clear_error_that_never_advises_unsafe_loading
     proc = run_module("signglove_exp.describe", str(bad), cwd=tmp_path)
     assert proc.returncode != 0 and "weights_only=False" not in proc.stderr
     assert torch.load(REFERENCE, weights_only=True)  # the real one is fine
+
+
+def test_a_kill_while_a_checkpoint_is_written_leaves_a_whole_checkpoint(tmp_path, monkeypatch):
+    """$TMPDIR on another filesystem (a tmpfs) made Lightning's move a copy onto last.ckpt: a kill
+    during it left a truncated file. A process saving a 64 MB checkpoint again and again, as training
+    does each epoch, is killed the moment last.ckpt is seen changing: what is there must load."""
+    from signglove_exp.training.checkpoint_io import AtomicCheckpointIO
+
+    monkeypatch.setattr(tempfile, "tempdir", "/dev/shm" if Path("/dev/shm").is_dir() else str(tmp_path))
+    last, weights = tmp_path / "checkpoints" / "last.ckpt", torch.arange(16_000_000, dtype=torch.float32)
+    AtomicCheckpointIO().save_checkpoint({"epoch": 0, "w": weights}, last)
+    whole = last.stat()
+    pid = os.fork()
+    if pid == 0:  # the training process, saving until it is killed
+        for epoch in range(1, 10_000):
+            AtomicCheckpointIO().save_checkpoint({"epoch": epoch, "w": weights}, last)
+        os._exit(1)
+    try:
+        deadline = time.time() + 60
+        while (now := last.stat()).st_mtime_ns == whole.st_mtime_ns and now.st_ino == whole.st_ino:
+            assert time.time() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    saved = torch.load(last, weights_only=True)  # whole: the first or a later one, never a part
+    assert torch.equal(saved["w"], weights)
+    assert [p.name for p in last.parent.iterdir() if p != last] in ([], [f".last.ckpt.{pid}.partial"])
+
+
+def test_a_file_size_limit_during_a_run_is_one_line_naming_the_file(tmp_path, cache_dir):
+    """`ulimit -f` (or a full disk) hit by a checkpoint write: it was a 40-line traceback naming no file."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (3_000_000, limit[1]))  # a GRU of 512 units checkpoints ~10 MB
+    try:
+        run = f"hydra.run.dir={tmp_path / 'run'}"
+        proc = run_cli(
+            *store_overrides(tmp_path, cache_dir), *QUICK, "model.hidden=512", run, cwd=tmp_path, check=False
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        f"Error: [Errno {errno.EFBIG}] File too large: '{tmp_path / 'run' / 'checkpoints'}"
+    ), line
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (failed,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    assert failed.info.status == "FAILED"
 
 
 def test_a_checkpoint_cannot_copy_the_environment_into_a_run(make_cfg, tmp_path, monkeypatch):

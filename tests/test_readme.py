@@ -100,11 +100,12 @@ def folder(tmp_path_factory):
     shutil.copy(episodes[2], home / "capture.csv")
     shutil.copy(BUNDLED_DIR / "pretrained" / "gru-reference.ckpt", home / "model.ckpt")
     signer = home / "new-signer" / "unified_XY"
-    for f in episodes:
-        rel = f.relative_to(episodes_root())
-        target = signer.joinpath(*rel.parts[-3:])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, target)
+    for jamo in sorted((episodes_root() / "unified_JY" / "JY").iterdir()):  # two episodes of every class
+        for f in sorted(jamo.rglob("episode_*.csv"))[:2]:
+            rel = f.relative_to(episodes_root())
+            target = signer.joinpath(*rel.parts[-3:])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, target)
     first = run_line("python -m signglove_exp trainer=debug " + " ".join(SHORT), home)
     assert first.returncode == 0, first.stderr[-3000:]
     return home

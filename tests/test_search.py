@@ -8,6 +8,7 @@ import sys
 import time
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 
 from signglove_exp import search
@@ -47,6 +48,15 @@ def test_a_study_prunes_logs_every_trial_under_one_parent_and_tests_only_the_bes
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/optimization_history.png", "report/param_importances.png"} <= names
 
+    # A worker on a study that has its trials (it used to fail in MLflow): the result, nothing rerun.
+    again = search.main(study_overrides(tmp_path, cache_dir, 6))
+    assert again["test/acc"] == result["test/acc"] and again["best_trial"] == result["best_trial"]
+    assert (
+        len(optuna.load_study(study_name="gru-search", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials)
+        == 6
+    )
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
 
 def test_a_killed_search_continues_its_study_and_parent_run(tmp_path, cache_dir, spawn):
     overrides = study_overrides(tmp_path, cache_dir, 4)
@@ -78,6 +88,33 @@ def test_a_killed_search_continues_its_study_and_parent_run(tmp_path, cache_dir,
         >= 4
     )
     assert result["best_trial"] == study.best_trial.number
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials if "failed_trial" not in t.system_attrs]
+    assert len(set(drawn)) == len(drawn)  # drawn anew, not its first draws again (a retry repeats its trial)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("search.n_trials=0", r"search.n_trials=0: a search needs at least 1 trial"),
+        ("+search.params.epochs={choices:[1]}", r"search.params.epochs: not a config key"),
+        ("optimized_metric=val/nothing", r"optimized_metric=val/nothing: must be a validation metric"),
+        ("+search.params.seed=7", r"search.params.seed: give choices, or low and high"),
+    ],
+)
+def test_bad_search_settings_are_refused_before_a_study_or_run_exists(tmp_path, cache_dir, override, message):
+    with pytest.raises(ValueError, match=message):
+        search.main([*study_overrides(tmp_path, cache_dir, 2), override])
+    assert not (tmp_path / "optuna.db").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_a_search_whose_trial_fails_ends_its_parent_run_failed(tmp_path, cache_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        search.main([*study_overrides(tmp_path, cache_dir, 2), f"data.root={tmp_path / 'none'}"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("signglove").experiment_id])
+    assert parent.data.tags["signglove.kind"] == "search" and parent.info.status == "FAILED"
 
 
 WORKER = """

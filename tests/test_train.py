@@ -212,6 +212,7 @@ def test_ctrl_c_ends_every_run_of_a_sweep_and_reports_what_finished(tmp_path, ca
             "model=gru",
             "trainer=debug",
             "trainer.max_epochs=1,1000",
+            "trainer.limit_train_batches=5",
             "callbacks.early_stopping.patience=1000",
             *launcher,
             f"hydra.sweep.dir={tmp_path / 'sw'}",
@@ -227,11 +228,11 @@ def test_ctrl_c_ends_every_run_of_a_sweep_and_reports_what_finished(tmp_path, ca
         if "test acc" in line:
             break
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for _ in range(120):  # and the long one is training
+    for _ in range(1200):  # and the long one is training
         _, runs = runs_by(client, "trainer.max_epochs")
         if "1000" in runs:
             break
-        time.sleep(1)
+        time.sleep(0.1)
     os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole process group
     output = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == 130 and "Stopped by Ctrl-C." in output

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_VERSION = 2  # bump when parsing rules change, so old caches are not reused
+CACHE_VERSION = 3  # bump when parsing rules change, so old caches are not reused
 
 
 class BadEpisodeError(ValueError):
@@ -222,6 +222,18 @@ def load_corpus(
     return corpus
 
 
+def unknown_class(name: str, classes: list[str]) -> str:
+    """Why a class folder is not a class, with code points: a look-alike (conjoining U+1100 for the
+    compatibility jamo U+3131) prints exactly like the class it is not."""
+
+    def codes(text: str) -> str:
+        return " ".join(f"U+{ord(ch):04X}" for ch in text)
+
+    reason = f"class folder {name!r} ({codes(name)}) is not in data.classes"
+    similar = [c for c in classes if unicodedata.normalize("NFKC", c) == unicodedata.normalize("NFKC", name)]
+    return reason + (f"; it looks like {similar[0]!r} ({codes(similar[0])}), which is" if similar else "")
+
+
 def _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint) -> Corpus:
     index = {c: i for i, c in enumerate(classes)}
     episodes, unlabelled = [], []
@@ -232,7 +244,7 @@ def _parse(root, files, classes, channels, min_len, signer_prefix, fingerprint) 
             continue
         jamo = unicodedata.normalize("NFC", rel.parts[-3])
         if jamo not in index:
-            unlabelled.append((rel.as_posix(), f"class folder {jamo!r} is not in data.classes"))
+            unlabelled.append((rel.as_posix(), unknown_class(jamo, classes)))
             continue
         signer = rel.parts[0].removeprefix(signer_prefix) if len(rel.parts) >= 4 else ""
         raw, reason = read_bytes(f)
@@ -256,9 +268,14 @@ def _write_cache(path: Path, corpus: Corpus) -> None:
     used = [e.values for e in corpus.episodes if e.values is not None]
     values = np.concatenate(used) if used else np.zeros((0, len(corpus.channels)))
     lengths = np.array([len(v) for v in used], dtype=np.int64)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, meta=np.array(json.dumps(meta)), values=values, lengths=lengths)
-    Path(tmp.name).replace(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # renamed whole, never seen half-written
+    try:
+        with open(partial, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), values=values, lengths=lengths)
+        partial.replace(path)
+    except OSError as error:  # a full disk or a file-size limit: the cache only saves time
+        partial.unlink(missing_ok=True)
+        print(f"Episode cache {path} not written ({error.strerror or error}); going on without it")
 
 
 def _read_cache(path: Path, root: Path, classes, channels, fingerprint) -> Corpus:

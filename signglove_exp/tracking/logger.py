@@ -88,7 +88,8 @@ def bound_retries(cfg: DictConfig) -> None:
 def make_logger(
     cfg: DictConfig, tags: dict[str, str], run_id: str | None = None, local_dir: Path | None = None
 ) -> RunLogger:
-    """A logger on a new run with `tags`, or on the existing run `run_id`, set RUNNING again."""
+    """A logger on a new run with `tags`, or on the existing run `run_id`, set RUNNING again with
+    `tags` (its folder may have moved)."""
     bound_retries(cfg)
     try:
         client, experiment = ensure_experiment(cfg)
@@ -101,6 +102,8 @@ def make_logger(
     logged_through = {}
     if run_id:
         client.update_run(run_id, "RUNNING")
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
         for key in client.get_run(run_id).data.metrics:
             logged_through[key] = max(m.step for m in client.get_metric_history(run_id, key))
     return RunLogger(

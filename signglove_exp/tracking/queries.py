@@ -129,3 +129,7 @@ def download_checkpoint(run_id: str, uri: str | None = None, dest: str | Path | 
 
 def run_metrics(run_id: str, uri: str | None = None) -> dict[str, float]:
     return MlflowClient(resolve_uri(uri)).get_run(run_id).data.metrics
+
+
+def run_status(run_id: str, uri: str | None = None) -> str:
+    return MlflowClient(resolve_uri(uri)).get_run(run_id).info.status

@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> float:
     quiet()  # also in a launcher's worker process
     try:
         result = train(cfg, launch=launch())
-    except (ValueError, FileNotFoundError) as error:  # bad settings or data: one line, not a traceback
+    except (ValueError, OSError) as error:  # bad settings or data, a full disk: one line, not a traceback
         single = HydraConfig.get().mode == RunMode.RUN
         if single and os.environ.get("HYDRA_FULL_ERROR") != "1":
             raise SystemExit(f"Error: {error}") from None
@@ -74,13 +74,13 @@ def resume_arguments(target: str, rest: list[str]) -> list[str]:
 
     folder = Path(target)
     if (folder / "multirun.yaml").is_file():
-        hydra_cfg = OmegaConf.load(folder / "multirun.yaml").hydra
-        kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]
-        return ["-m", *hydra_cfg.overrides.task, *kept, f"hydra.sweep.dir={folder.resolve()}", *rest]
+        saved = _saved_overrides(folder / "multirun.yaml", "hydra.sweep.dir", target)
+        return ["-m", *saved, f"hydra.sweep.dir={folder.resolve()}", *rest]
     if (folder / RUN_RECORD).is_file():
-        hydra_cfg = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra
-        kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith(("hydra.run.dir=", "hydra.mode="))]
-        return [*hydra_cfg.overrides.task, *kept, f"hydra.run.dir={folder.resolve()}", *rest]
+        saved = _saved_overrides(folder / ".hydra" / "hydra.yaml", "hydra.run.dir", target)
+        # its outputs folder as it was, wherever this command runs (the default is under the working folder)
+        outputs = f"paths.outputs={OmegaConf.load(folder / 'config.yaml').paths.outputs}"
+        return [*saved, outputs, f"hydra.run.dir={folder.resolve()}", *rest]
     if folder.exists():
         raise SystemExit(f"resume={target}: neither a run folder (no {RUN_RECORD}) nor a sweep folder")
     from mlflow.exceptions import MlflowException
@@ -98,6 +98,20 @@ def resume_arguments(target: str, rest: list[str]) -> list[str]:
             f"resume={target}: the run's folder {run_dir} is not on this machine (it holds last.ckpt)"
         )
     return resume_arguments(run_dir, rest)
+
+
+def _saved_overrides(path: Path, folder_key: str, target: str) -> list[str]:
+    """The command line a run or sweep folder was started with, less its folder and mode; checked,
+    since a folder is data (`training.targets`)."""
+    from signglove_exp.training.targets import check_overrides
+
+    hydra_cfg = OmegaConf.load(path).hydra
+    kept = [o for o in hydra_cfg.overrides.hydra if not o.startswith((f"{folder_key}=", "hydra.mode="))]
+    try:
+        check_overrides([*hydra_cfg.overrides.task, *kept], f"resume={target}: {path}")
+    except ValueError as error:
+        raise SystemExit(f"Error: {error}") from None
+    return [*hydra_cfg.overrides.task, *kept]
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -19,7 +19,12 @@ from signglove_exp.training.augment import Augmenter
 
 class Classifier(pl.LightningModule):
     """The model card is written into every checkpoint. Parts of `net` with no trainable parameter
-    (frozen for fine-tuning) stay in eval mode, so their dropout and batch statistics stay fixed too."""
+    (frozen for fine-tuning) stay in eval mode, so their dropout and batch statistics stay fixed too.
+
+    An epoch's train/loss and train/lr reach the logger with its validation metrics, before the
+    checkpoint of that epoch is written (Lightning would log them after it): a run killed between
+    the two then resumes with every epoch's curves, none lost.
+    """
 
     def __init__(
         self,
@@ -40,6 +45,7 @@ class Classifier(pl.LightningModule):
         ]
         self.loss = nn.CrossEntropyLoss()
         self._outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._train_losses: list[tuple[torch.Tensor, int]] = []  # this epoch's (summed loss, batch size)
         self.test_confusion: np.ndarray | None = None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -57,8 +63,19 @@ class Classifier(pl.LightningModule):
         if self.augment:
             x, lengths, target = self.augment(x, lengths, y, self.n_classes, self.current_epoch, batch_idx)
         loss = self.loss(self(x, lengths), target)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(y), prog_bar=True)
+        n = len(y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True, logger=False)
+        self._train_losses.append((loss.detach() * n, n))
         return loss
+
+    def _log_training_epoch(self) -> None:
+        """The epoch's mean training loss and learning rate, once, for the logger."""
+        if not self._train_losses:
+            return
+        losses, sizes = zip(*self._train_losses, strict=True)
+        self._train_losses.clear()
+        loss = float(torch.stack(losses).sum() / sum(sizes))
+        self.log_dict({"train/loss": loss, "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]})
 
     def _eval_step(self, batch):
         x, lengths, y = batch
@@ -79,9 +96,14 @@ class Classifier(pl.LightningModule):
         m = classification_metrics(y, pred)
         self.log_dict({"val/loss": loss, "val/acc": m["acc"]}, prog_bar=True)
         self.log("val/f1_macro", m["f1_macro"])
+        if not self.trainer.sanity_checking and self.trainer.is_last_batch:  # the epoch's end, not mid-epoch
+            self._log_training_epoch()
+
+    def on_train_epoch_start(self):
+        self._train_losses.clear()  # an epoch cut short by a kill is trained again from its start
 
     def on_train_epoch_end(self):
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._log_training_epoch()  # when no validation ran this epoch
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch)

@@ -31,7 +31,6 @@ class PersonalModel:
     calibration: np.ndarray  # positions in `used` that calibrated
     rest: np.ndarray  # positions in `used` that measured the base and the personal model
     described: str  # what the data was, in words
-    missing: list[str] = field(default_factory=list)  # classes with no calibration episode
     metrics: dict[str, float] = field(default_factory=dict)  # base/acc, test/acc, ... on `rest`
 
 
@@ -53,8 +52,15 @@ def personalise(
     corpus, idx, described = episodes_to_evaluate(base, data_dir)
     raw = [corpus.episodes[i].values for i in idx]
     labels = np.array([corpus.episodes[i].label for i in idx])
+    missing = [base.classes[c] for c in sorted(set(range(len(base.classes))) - set(labels.tolist()))]
+    if missing:
+        raise ValueError(
+            f"--data {data_dir}: no episode of {len(missing)} of the model's {len(base.classes)} classes "
+            f"({' '.join(missing[:12])}{' ...' if len(missing) > 12 else ''}); calibrating on some classes "
+            "changes what the others read (their scores are rescaled and outscored, and nothing here "
+            "could measure it): record every class"
+        )
     calib, rest = data.draw_shots(labels, shots, seed)
-    missing = sorted(set(range(len(base.classes))) - set(labels[calib].tolist()))
     per_class = np.bincount(labels[calib])
     used = int(per_class[per_class > 0].min())  # a class with fewer episodes than asked gives all it has
     net, card = adapt(
@@ -88,8 +94,7 @@ def personalise(
         after = evaluate(net, card, rest_raw, rest_labels)
         metrics = {"base/acc": before["acc"], "base/f1_macro": before["f1_macro"]}
         metrics.update({"test/acc": after["acc"], "test/f1_macro": after["f1_macro"]})
-    missing_jamo = [base.classes[k] for k in missing]
-    return PersonalModel(net, card, corpus, np.asarray(idx), calib, rest, described, missing_jamo, metrics)
+    return PersonalModel(net, card, corpus, np.asarray(idx), calib, rest, described, metrics)
 
 
 def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, experiment: str) -> str:

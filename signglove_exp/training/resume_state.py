@@ -3,7 +3,8 @@
 Lightning restores weights, optimiser, scheduler, loops and callbacks, but not the random streams:
 the global RNGs (dropout) and the training loader's shuffling generator. With these saved at every
 epoch end and restored on resume, a run killed and resumed ends with the same weights and test
-metrics as one never stopped (on CPU).
+metrics as one never stopped (on CPU). A run folder moved before its resume keeps its best
+checkpoint: the checkpoint callbacks' paths are moved with it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 import numpy as np
 import torch
 from pytorch_lightning.callbacks import Callback
+
+from signglove_exp.training.start import moved_paths
 
 
 class ResumeState(Callback):
@@ -34,6 +37,13 @@ class ResumeState(Callback):
             "loader": self.generator.get_state(),
             "train_s": self.elapsed_s(),
         }
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        now = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+        for state in checkpoint.get("callbacks", {}).values():
+            before = state.get("dirpath") if isinstance(state, dict) else None
+            if now and before and before != now:
+                state.update(moved_paths(state, before, now))
 
     def load_state_dict(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])

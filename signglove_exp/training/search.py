@@ -22,11 +22,12 @@ from signglove_exp.card import read_checkpoint
 from signglove_exp.metrics import classification_metrics
 from signglove_exp.reporting import figures
 from signglove_exp.tracking import runs
+from signglove_exp.tracking.queries import run_metrics, run_status
 from signglove_exp.tracking.store import tracking_uri
 from signglove_exp.training.cli import compose
 from signglove_exp.training.module import batched_logits
-from signglove_exp.training.study import FINISHED, open_study, suggest
-from signglove_exp.training.train import objective, train
+from signglove_exp.training.study import FINISHED, check_spec, open_study, suggest, trial_sampler
+from signglove_exp.training.train import check_objective, objective, train
 
 
 class Pruning(pl.Callback):
@@ -47,11 +48,13 @@ class Pruning(pl.Callback):
 
 def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
     """The study run to `search.n_trials` finished trials; the best trial's values and test metrics."""
-    if not cfg.search.params:
-        raise ValueError("search.params is empty: name a search space, e.g. search=gru (conf/search/)")
+    check_search(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, uri = open_study(cfg), tracking_uri(cfg)
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
     parent = study.user_attrs.get("mlflow_parent_run")
+    if parent and done >= cfg.search.n_trials and run_status(parent, uri) == "FINISHED":
+        return finished(cfg, study, parent)
     if parent is None:
         tags = {"optuna.study": study.study_name, "signglove.kind": "search"}
         parent = runs.open_parent(cfg, f"search-{study.study_name}", tags)
@@ -62,6 +65,7 @@ def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
     space = OmegaConf.to_container(cfg.search.params, resolve=True)
 
     def run_trial(trial: optuna.Trial) -> float:
+        study.sampler = trial_sampler(cfg.seed, trial.number)  # a restarted or second worker draws anew
         values = {key: suggest(trial, key, spec) for key, spec in space.items()}
         trial_cfg = compose(
             *overrides,
@@ -82,16 +86,43 @@ def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
             raise optuna.TrialPruned()
         return objective(trial_cfg, result.metrics)
 
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    if done < cfg.search.n_trials:
-        stop = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
-        try:
+    try:
+        if done < cfg.search.n_trials:
+            stop = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
             study.optimize(run_trial, n_trials=cfg.search.n_trials - done, callbacks=[stop])
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM (Lightning exits on them): parent KILLED
-            runs.tag_run(uri, parent, {}, status="KILLED")
-            print(f"Stopped. The same command continues study {study.study_name}.", file=sys.stderr)
-            raise
-    return finish(cfg, study, parent, root)
+        return finish(cfg, study, parent, root)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM (Lightning exits on them): parent KILLED
+        runs.tag_run(uri, parent, {}, status="KILLED")
+        print(f"Stopped. The same command continues study {study.study_name}.", file=sys.stderr)
+        raise
+    except BaseException:  # never a parent left RUNNING by a search that is gone
+        runs.tag_run(uri, parent, {}, status="FAILED")
+        raise
+
+
+def check_search(cfg: DictConfig) -> None:
+    """A search's settings, checked before its study or parent run exist."""
+    check_objective(cfg)
+    if cfg.search.n_trials < 1:
+        raise ValueError(f"search.n_trials={cfg.search.n_trials}: a search needs at least 1 trial")
+    if not cfg.search.params:
+        raise ValueError("search.params is empty: name a search space, e.g. search=gru (conf/search/)")
+    absent = object()
+    for key, spec in OmegaConf.to_container(cfg.search.params, resolve=True).items():
+        if OmegaConf.select(cfg, key, default=absent) is absent:
+            raise ValueError(f"search.params.{key}: not a config key (see python -m signglove_exp --cfg job)")
+        check_spec(key, spec)
+
+
+def finished(cfg: DictConfig, study: optuna.Study, parent: str) -> dict:
+    """A study that already has its trials and its result: that result, nothing run again."""
+    best = study.best_trial
+    print(
+        f"Study {study.study_name} already has its {cfg.search.n_trials} trials: its result is run {parent} "
+        f"(best trial {best.number}, {cfg.optimized_metric} {best.value:.4f}); raise search.n_trials for more"
+    )
+    metrics = run_metrics(parent, tracking_uri(cfg))
+    return {"best_trial": best.number, "best_value": best.value, "params": best.params, **metrics}
 
 
 def finish(cfg: DictConfig, study: optuna.Study, parent: str, root: Path) -> dict:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from signglove_exp.card import ModelCard, read_checkpoint
 from signglove_exp.tracking.records import read_run_record, recorded_store
 from signglove_exp.tracking.runs import flatten
 from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.training.targets import check_config
 
 # config keys a fine-tune takes from its source
 ADOPTED = ("model.", "data.seq_len", "data.padding.", "data.transforms.", "data.normalize")
@@ -46,14 +48,15 @@ def starting_point(cfg: DictConfig) -> Start:
 
     store = recorded_store(record, tracking_uri(cfg))
     run = MlflowClient(store).get_run(record["run_id"])
-    saved = OmegaConf.load(out_dir / "config.yaml")
+    saved = relocated(OmegaConf.load(out_dir / "config.yaml"), out_dir)
+    check_config(OmegaConf.to_container(saved), str(out_dir / "config.yaml"))
     saved.tracking.uri = store  # the saved config names it without credentials
     changed = config_changes(saved, cfg)
     if changed:
         raise ValueError(
             f"paths.output_dir {out_dir} holds run {record['run_id']}, started with other values of "
-            f"{', '.join(changed[:8])}: give this run its own folder, or continue that one with "
-            f"resume={out_dir}"
+            f"{', '.join(changed[:8])}: a run continues with the values it was started with, so leave "
+            f"those out (resume={out_dir} alone continues it), or give this run a folder of its own"
         )
     if run.info.status == "FINISHED":
         return Start("finished", saved, run.info.run_id)
@@ -64,6 +67,24 @@ def starting_point(cfg: DictConfig) -> Start:
         return again
     card = read_checkpoint(last)[0]
     return Start("resume", saved, run.info.run_id, last, card, lineage=card.lineage)
+
+
+def relocated(saved: DictConfig, out_dir: Path) -> DictConfig:
+    """A run's saved config with its folder where the folder is now: a moved run folder resumes in
+    place (its checkpoints and files go there, not to where it was first)."""
+    before = str(saved.paths.output_dir)
+    return OmegaConf.create(moved_paths(OmegaConf.to_container(saved), before, str(out_dir)))
+
+
+def moved_paths(value, before: str, now: str):
+    """`value` (nested dicts and lists) with every path under the folder `before` under `now` instead."""
+    if isinstance(value, dict):
+        return {moved_paths(k, before, now): moved_paths(v, before, now) for k, v in value.items()}
+    if isinstance(value, list):
+        return [moved_paths(v, before, now) for v in value]
+    if isinstance(value, str) and (value == before or value.startswith(before + os.sep)):
+        return now + value[len(before) :]
+    return value
 
 
 def config_changes(saved: DictConfig, cfg: DictConfig) -> list[str]:

@@ -15,16 +15,26 @@ from signglove_exp.tracking.store import store_lock
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
+def check_spec(key: str, spec) -> None:
+    if not isinstance(spec, dict) or ("choices" not in spec and not {"low", "high"} <= spec.keys()):
+        raise ValueError(f"search.params.{key}: give choices, or low and high")
+
+
 def suggest(trial: optuna.Trial, key: str, spec: dict):
     """One config value from its search-space entry: {choices: [...]} or {low, high, log, step}."""
+    check_spec(key, spec)
     if "choices" in spec:
         return trial.suggest_categorical(key, list(spec["choices"]))
-    if not {"low", "high"} <= spec.keys():
-        raise ValueError(f"search.params.{key}: give choices, or low and high")
     low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
     if isinstance(low, int) and isinstance(high, int):
         return trial.suggest_int(key, low, high, step=spec.get("step", 1), log=log)
     return trial.suggest_float(key, float(low), float(high), log=log)
+
+
+def trial_sampler(seed: int, trial_number: int) -> optuna.samplers.TPESampler:
+    """The sampler of one trial, seeded by the trial's number: the same draws for the same study,
+    but a continued search or a second worker (whose trials get new numbers) never repeats them."""
+    return optuna.samplers.TPESampler(seed=seed + trial_number)
 
 
 def direction(metric: str) -> str:
@@ -45,7 +55,7 @@ def open_study(cfg: DictConfig) -> optuna.Study:
             study_name=s.study or f"{cfg.model.name}-search",
             storage=storage,
             direction=direction(cfg.optimized_metric),
-            sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+            sampler=trial_sampler(cfg.seed, 0),
             pruner=optuna.pruners.MedianPruner(
                 n_startup_trials=s.startup_trials, n_warmup_steps=s.warmup_epochs
             ),

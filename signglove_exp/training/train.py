@@ -27,6 +27,7 @@ from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import redact, tracking_uri
 from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid
 from signglove_exp.training.augment import Augmenter
+from signglove_exp.training.checkpoint_io import AtomicCheckpointIO
 from signglove_exp.training.finetune import freeze
 from signglove_exp.training.module import Classifier, ProgressBar, latency_ms
 from signglove_exp.training.resume_state import ResumeState
@@ -50,7 +51,7 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float:
 
 
 def check_objective(cfg: DictConfig) -> None:
-    if not str(cfg.optimized_metric).startswith("val/"):
+    if cfg.optimized_metric not in ("val/loss", "val/acc", "val/f1_macro"):
         raise ValueError(
             f"optimized_metric={cfg.optimized_metric}: must be a validation metric (val/loss, val/acc, "
             "val/f1_macro); test metrics are reported, never optimised"
@@ -258,7 +259,11 @@ def fit_and_test(
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ProgressBar())
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=logger, default_root_dir=str(out_dir)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(out_dir),
+        plugins=[AtomicCheckpointIO()],
     )
     every_s = cfg.tracking.system_metrics_s
     monitor = runs.system_monitor(tracking_uri(cfg), logger.run_id, every_s) if every_s > 0 else None
