@@ -23,7 +23,7 @@ from signglove_exp.metrics import classification_metrics
 from signglove_exp.reporting import figures
 from signglove_exp.tracking import runs
 from signglove_exp.tracking.queries import run_metrics, run_status
-from signglove_exp.tracking.store import tracking_uri
+from signglove_exp.tracking.store import store_lock, tracking_uri
 from signglove_exp.training.cli import compose
 from signglove_exp.training.module import batched_logits
 from signglove_exp.training.study import FINISHED, check_spec, open_study, suggest, trial_sampler
@@ -90,7 +90,10 @@ def run_search(cfg: DictConfig, overrides: list[str]) -> dict:
         if done < cfg.search.n_trials:
             stop = optuna.study.MaxTrialsCallback(cfg.search.n_trials, states=FINISHED)
             study.optimize(run_trial, n_trials=cfg.search.n_trials - done, callbacks=[stop])
-        return finish(cfg, study, parent, root)
+        with store_lock(uri):  # two workers ending one study: the first writes its result
+            if run_status(parent, uri) == "FINISHED":
+                return finished(cfg, study, parent)
+            return finish(cfg, study, parent, root)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C or SIGTERM (Lightning exits on them): parent KILLED
         runs.tag_run(uri, parent, {}, status="KILLED")
         print(f"Stopped. The same command continues study {study.study_name}.", file=sys.stderr)
