@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--data", required=True, help="folder of the new signer's labelled episodes (class folders)"
     )
-    ap.add_argument("--shots", type=int, default=5, help="episodes per class that calibrate (default 5)")
+    ap.add_argument(
+        "--shots",
+        type=int,
+        default=5,
+        help="labelled episodes per class (default 5); 0: statistics only",
+    )
     ap.add_argument("--method", help="adaptation method, a+b chains (default: calibration.default_method)")
     ap.add_argument("--seed", type=int, default=0, help="draws the calibration episodes (default 0)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else outputs/mlflow.db")
@@ -38,25 +43,30 @@ def main(argv: list[str] | None = None) -> dict:
     from signglove_exp.training.personal import log_personal_model, personalise
 
     settings = compose().calibration
-    method = args.method or settings.default_method
+    method = args.method or ("renorm" if args.shots == 0 else settings.default_method)
     base = Recognizer.load(args.model, args.tracking_uri)
     tuning = {"epochs": settings.epochs, "lr": settings.lr}
     personal = personalise(base, args.model, args.data, args.shots, method, args.seed, tuning)
     run_id = log_personal_model(personal, args.seed, args.tracking_uri, args.experiment)
     metrics = personal.metrics
-    used = personal.card.lineage["shots"]
+    lineage = personal.card.lineage
+    used = lineage["shots"]
     fewer = f"; {args.shots} asked, the data holds fewer" if used < args.shots else ""
-    print(
-        f"{personal.described}: {len(personal.calibration)} episodes calibrated the model "
-        f"({method}, {used} per class{fewer})."
-    )
-    if (base.card.preprocess or {}).get("normalize") == "per_signer" and "renorm" not in method.split("+"):
-        print("This model normalises per signer: a method starting with renorm gives it your statistics")
-    if metrics:
+    if used == 0:
         print(
-            f"On the other {len(personal.rest)} episodes: base model acc {metrics['base/acc']:.4f}, "
-            f"personal model acc {metrics['test/acc']:.4f}"
+            f"{personal.described}: the statistics of {len(personal.calibration)} episodes (labels unused)."
         )
+    else:
+        print(
+            f"{personal.described}: {len(personal.calibration)} episodes calibrated the model "
+            f"({lineage['method']}, {used} per class{fewer})."
+        )
+    if lineage["method"] != method:
+        print(f"This model normalises per signer: {lineage['method']} gives it your statistics first")
+    if metrics:
+        base = f"base model acc {metrics['base/acc']:.4f}, " if "base/acc" in metrics else ""
+        which = "the same" if used == 0 else "the other"
+        print(f"On {which} {len(personal.rest)} episodes: {base}personal model acc {metrics['test/acc']:.4f}")
     print(f"Personal model: run {run_id} (python -m signglove_exp.recognize {run_id} FILES)")
     return {"run_id": run_id, **metrics}
 

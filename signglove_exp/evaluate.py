@@ -13,6 +13,8 @@ from pathlib import Path
 
 from signglove_exp import command
 
+UNLABELLED = "unlabelled statistics of the evaluated recording"  # a per_signer model's, labels unused
+
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m signglove_exp.evaluate", description=__doc__.split("\n")[0])
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, help="also keep the files here")
     args = ap.parse_args(argv)
 
+    from signglove_exp.data import signer_statistics_needed
     from signglove_exp.inference.evaluation import episodes_to_evaluate, evaluate
     from signglove_exp.inference.recognizer import Recognizer
     from signglove_exp.tracking.runs import log_evaluation
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     is_file = Path(args.model).is_file()
     rec = Recognizer.load(args.model, args.tracking_uri)
     corpus, idx, described = episodes_to_evaluate(rec, args.data)
+    per_signer = signer_statistics_needed(rec.card)  # each signer scaled by its own episodes here
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         metrics, files = evaluate(rec, corpus, idx, out)
@@ -45,9 +49,19 @@ def main(argv: list[str] | None = None) -> dict:
         }
         name = f"eval-{rec.card.name}-{Path(args.model).stem if is_file else args.model[:8]}"
         run_id = log_evaluation(
-            args.tracking_uri, args.experiment, None if is_file else args.model, name, params, metrics, files
+            args.tracking_uri,
+            args.experiment,
+            None if is_file else args.model,
+            name,
+            params,
+            metrics,
+            files,
+            tags={"signglove.statistics": UNLABELLED} if per_signer else None,
         )
     print(f"{described}: {len(idx)} episodes, " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if per_signer:
+        signers = sorted({corpus.episodes[i].signer for i in idx})
+        print(f"Scaled with {UNLABELLED} (per signer: {', '.join(signers)}), as this model normalises")
     if missing:
         print(
             f"{len(missing)} of the model's {len(rec.classes)} classes have no episode here "

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> Path:
         folder = (args.outputs or default_outputs()) / "models" / run
         checkpoint = download_checkpoint(args.model, args.tracking_uri, folder)
     rec = Recognizer.from_checkpoint(checkpoint)
+    rec.check_standalone(args.model)  # an ONNX file reads episodes one by one
     out = args.out or (folder / f"{rec.card.name}.onnx" if folder else checkpoint.with_suffix(".onnx"))
     path = export_onnx(rec.net, rec.card, out)
     print(f"{rec.card.name} exported to {path} ({path.stat().st_size / 1024:.0f} KiB)")

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from signglove_exp.inference.recognizer import Recognizer
 
     rec = Recognizer.load(args.model, args.tracking_uri)
+    rec.check_standalone(args.model)
     if args.stream:
         # bytes lines: stream_rows decodes each one, so a line that is not UTF-8 is skipped, not fatal
         settings = StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})

@@ -5,15 +5,20 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from signglove_exp import calibrate, data
+from signglove_exp import calibrate, data, recognize
+from signglove_exp import evaluate as evaluate_command
 from signglove_exp.card import read_checkpoint
 from signglove_exp.inference.onnx_export import export_onnx
+from signglove_exp.inference.pyfunc_model import GlovePyfunc
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.training.adapt import adapt, evaluate
 from signglove_exp.training.augment import Augmenter
@@ -234,6 +239,64 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     lineage = Recognizer.load(every["run_id"], uri).card.lineage
     assert lineage["shots"] == held and lineage["shots_asked"] == 500  # what was used, not what was asked
     assert f"{held} per class; 500 asked, the data holds fewer" in capsys.readouterr().out
+
+
+def test_a_per_signer_model_reads_a_person_only_with_that_persons_statistics(tmp_path, cache_dir, capsys):
+    """`data=signer_robust` scales each signer by its own recordings. `evaluate` on the held-out
+    signer's folder reproduces the run's test/acc (its statistics, from that folder, labels unused);
+    `recognize` refuses the base model (it used to scale with the training signers' statistics, a
+    silently wrong jamo) and takes the personal model `calibrate --shots 0` makes, agreeing with
+    `evaluate` episode for episode."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose_config(
+        f"data.root={episodes_root()}",
+        f"data.cache_dir={cache_dir}",
+        f"paths.outputs={tmp_path / 'outputs'}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        f"tracking.uri={uri}",
+        "tracking.log_model=false",
+        "data=signer_robust",
+        "split=by_signer",
+        "split.test_signer=JY",
+        "trainer=debug",
+    )
+    result = train(cfg)
+    jy = episodes_root() / "unified_JY"
+    out = evaluate_command.main(
+        [result.run_id, "--data", str(jy), "--tracking-uri", uri, "--out", str(tmp_path / "ev")]
+    )
+    assert out["eval/acc"] == pytest.approx(result.metrics["test/acc"], abs=1e-6)  # logged as float32
+    assert (
+        "Scaled with unlabelled statistics of the evaluated recording (per signer: JY)"
+        in capsys.readouterr().out
+    )
+    (evaluation,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("signglove").experiment_id],
+        "tags.`signglove.kind` = 'evaluation'",
+    )
+    assert evaluation.data.tags["signglove.statistics"] == "unlabelled statistics of the evaluated recording"
+
+    files = sorted(jy.rglob("episode_*.csv"))[::50]
+    needs = (
+        r"this model normalises per signer .* signglove_exp.calibrate MODEL --data YOUR_RECORDINGS --shots 0"
+    )
+    with pytest.raises(ValueError, match=needs):
+        recognize.main([result.run_id, *map(str, files), "--tracking-uri", uri])
+    served = GlovePyfunc()
+    served.load_context(SimpleNamespace(artifacts={"checkpoint": result.best_checkpoint}))
+    with pytest.raises(MlflowException, match="this served model: " + needs):  # HTTP 400 when served
+        served.predict(
+            None,
+            pd.DataFrame(data.read_episode(files[0], cfg.data.channels, 1)[0], columns=cfg.data.channels),
+        )
+    personal = calibrate.main([result.run_id, "--data", str(jy), "--shots", "0", "--tracking-uri", uri])
+    assert personal["test/acc"] == pytest.approx(out["eval/acc"], abs=1e-9)  # the same statistics, all of JY
+    rec = Recognizer.load(personal["run_id"], uri)
+    assert rec.card.lineage["shots"] == 0 and rec.card.preprocess["scaler_of"] == "signer"
+    with open(tmp_path / "ev" / "predictions.csv", encoding="utf-8") as f:
+        evaluated = {row["path"]: row["predicted"] for row in csv.DictReader(f)}
+    for path, prediction in zip(files, rec.predict_files(files), strict=True):
+        assert prediction.jamo == evaluated[path.relative_to(jy).as_posix()], path
 
 
 def test_calibrating_on_some_classes_is_refused_not_a_model_that_reads_the_others_wrong(corpus, tmp_path):

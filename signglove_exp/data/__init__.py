@@ -14,10 +14,12 @@ from signglove_exp.data.corpus import (
     read_episode,
 )
 from signglove_exp.data.preprocess import (
+    NeedsSignerStatistics,
     Prepared,
     fit_scaler,
     model_inputs,
     prepare,
+    signer_statistics_needed,
     to_arrays,
     write_reports,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "BadEpisodeError",
     "Corpus",
     "Episode",
+    "NeedsSignerStatistics",
     "Prepared",
     "ensure_unpacked",
     "fit_scaler",
@@ -40,6 +43,7 @@ __all__ = [
     "load_corpus",
     "prepare",
     "read_episode",
+    "signer_statistics_needed",
     "split",
     "to_arrays",
     "write_reports",

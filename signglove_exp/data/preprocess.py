@@ -89,13 +89,42 @@ def episode_scalers(
     return [of[g] for g in groups]
 
 
-def model_inputs(episodes: list[np.ndarray], card) -> tuple[np.ndarray, np.ndarray]:
+class NeedsSignerStatistics(ValueError):
+    """A per_signer model asked to read episodes without anyone's statistics."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what}: this model normalises per signer (data.normalize=per_signer) and holds no signer's "
+            "statistics, so it cannot read an episode alone: make your personal model first, python -m "
+            "signglove_exp.calibrate MODEL --data YOUR_RECORDINGS --shots 0 (statistics only, no labels "
+            "used), and use that"
+        )
+
+
+def signer_statistics_needed(card) -> bool:
+    """Whether the card normalises per signer but holds no signer's statistics (a base model; a
+    personal model made by `calibrate` holds its person's)."""
+    preprocess = card.preprocess or {}
+    return preprocess.get("normalize") == "per_signer" and preprocess.get("scaler_of") != "signer"
+
+
+def model_inputs(
+    episodes: list[np.ndarray], card, signers: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw episodes in the card's channel order -> the (x, lengths) its network reads: the card's
-    transforms, its scaler (or each episode's own statistics, for per_episode), its padding."""
+    transforms and padding, and whose statistics the card says: its scaler (global, or a personal
+    model's person), each episode's own (per_episode), or, for a per_signer model without a person's,
+    those of each signer's episodes among `episodes` (`signers`: one name per episode; labels unused).
+    A per_signer model given no signers is refused, never silently scaled with the training signers'."""
     preprocess = card.preprocess or {}
     values, names = apply_transforms(episodes, card.channels, preprocess.get("transforms", {}))
     scope = "per_episode" if preprocess.get("normalize") == "per_episode" else "global"
-    scalers = episode_scalers(values, [""] * len(values), scope, card.scaler, names, card.seq_len)
+    if signer_statistics_needed(card):
+        if signers is None:
+            raise NeedsSignerStatistics(f"{len(episodes)} episode(s) without their signers")
+        scope = "per_signer"
+    groups = list(signers) if signers is not None else [""] * len(values)
+    scalers = episode_scalers(values, groups, scope, card.scaler, names, card.seq_len)
     return to_arrays(values, scalers, card.seq_len, card.padding)
 
 

@@ -36,7 +36,8 @@ def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus
                 "fingerprint differs): pass --data to evaluate on it as new data"
             )
         return corpus, data.split(corpus, cfg.split)["test"], f"test split of {cfg.data.root}"
-    corpus = data.load_corpus(root, rec.classes, rec.channels, 1, cfg.data.signer_prefix)
+    # an episode is what its training took as one (data.min_len)
+    corpus = data.load_corpus(root, rec.classes, rec.channels, cfg.data.min_len, cfg.data.signer_prefix)
     misfits = corpus.unlabelled + [(p, r) for p, r in corpus.rejected if r.startswith("missing column")]
     if misfits:
         listing = "; ".join(f"{Path(root) / p}: {r}" for p, r in misfits[:5])
@@ -52,7 +53,7 @@ def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus
 
 def evaluate(rec: Recognizer, corpus: data.Corpus, idx: list[int], out_dir: Path) -> tuple[dict, list[Path]]:
     episodes = [corpus.episodes[i] for i in idx]
-    probs = rec.probabilities([e.values for e in episodes])
+    probs = rec.probabilities([e.values for e in episodes], [e.signer for e in episodes])
     y_true, y_pred = np.array([e.label for e in episodes]), probs.argmax(1)
     n = len(rec.classes)
     metrics = {f"eval/{k}": v for k, v in classification_metrics(y_true, y_pred).items()}

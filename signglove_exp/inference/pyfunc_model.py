@@ -2,7 +2,9 @@
 
 Rows are glove samples with the model's channel columns (extra columns such as timestamps are
 ignored); an optional `episode` column groups rows into episodes, else all rows are one episode.
-An empty episode or a non-finite value is refused (the server answers 400, naming row and column).
+An empty episode or a non-finite value is refused (the server answers 400, naming row and column),
+and so is every episode for a per_signer model that holds no person's statistics (serve its
+personal model).
 """
 
 import mlflow
@@ -19,6 +21,10 @@ class GlovePyfunc(mlflow.pyfunc.PythonModel):
         self.rec = Recognizer.from_checkpoint(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        try:
+            self.rec.check_standalone("this served model")
+        except ValueError as error:
+            raise MlflowException(str(error), INVALID_PARAMETER_VALUE) from None
         if model_input.empty:
             raise MlflowException("no samples: an episode needs at least one row", INVALID_PARAMETER_VALUE)
         groups = (

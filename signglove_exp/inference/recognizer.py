@@ -89,18 +89,26 @@ class Recognizer:
             return cls.from_checkpoint(path)
         return cls.from_run(str(model), tracking_uri)
 
-    def arrays(self, episodes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def check_standalone(self, what: str) -> None:
+        """Refuse, naming `what`, a model that cannot read an episode alone (a per_signer base model):
+        recognition, streaming, serving and export need a personal model."""
+        if data.signer_statistics_needed(self.card):
+            raise data.NeedsSignerStatistics(what)
+
+    def arrays(
+        self, episodes: list[np.ndarray], signers: list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         for i, v in enumerate(episodes):
             if v.ndim != 2 or v.shape[1] != len(self.channels) or len(v) == 0:
                 raise ValueError(
                     f"episode {i}: shape {v.shape}, expected (n_timepoints >= 1, {len(self.channels)}) "
                     f"with channels {', '.join(self.channels)}"
                 )
-        return data.model_inputs(episodes, self.card)
+        return data.model_inputs(episodes, self.card, signers)
 
-    def probabilities(self, episodes: list[np.ndarray]) -> np.ndarray:
-        """(n_cases, n_classes) probabilities for raw episodes."""
-        return self.run(*self.arrays(episodes))
+    def probabilities(self, episodes: list[np.ndarray], signers: list[str] | None = None) -> np.ndarray:
+        """(n_cases, n_classes) probabilities for raw episodes (`signers`: see `data.model_inputs`)."""
+        return self.run(*self.arrays(episodes, signers))
 
     def predict_batch(self, episodes: list[np.ndarray]) -> list[Prediction]:
         return [

@@ -81,11 +81,12 @@ def log_evaluation(
     files: list[Path],
     kind: str = "evaluation",
     checkpoint: Path | None = None,
+    tags: dict[str, str] | None = None,
 ) -> str:
     """An evaluation (an import, a calibration) as a run of its own, tagged with the training run it
-    evaluates; `checkpoint` goes under checkpoints/, where `recognize RUN_ID` finds a model."""
+    evaluates (and `tags`); `checkpoint` goes under checkpoints/, where `recognize RUN_ID` finds a model."""
     client, exp_id = experiment_id(resolve_uri(uri), experiment)
-    tags = {"signglove.kind": kind, "mlflow.source.git.commit": git_commit()}
+    tags = {"signglove.kind": kind, "mlflow.source.git.commit": git_commit(), **(tags or {})}
     if source_run:
         tags["signglove.source_run"] = source_run
     run = client.create_run(exp_id, run_name=name, tags=tags)

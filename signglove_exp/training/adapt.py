@@ -30,11 +30,13 @@ adaptation = registrar(ADAPTATIONS)
 
 @adaptation("renorm")
 def renorm(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
-    """Normalisation statistics re-estimated from the new signer's episodes (labels unused)."""
+    """Normalisation statistics re-estimated from the new signer's episodes (labels unused); the card
+    says the scaler is now the signer's, so a per_signer model reads that person's episodes alone."""
     values, names = data.apply_transforms(
         episodes, card.channels, (card.preprocess or {}).get("transforms", {})
     )
-    return net, replace(card, scaler=data.fit_scaler(values, names, card.seq_len))
+    preprocess = {**(card.preprocess or {}), "scaler_of": "signer"}
+    return net, replace(card, scaler=data.fit_scaler(values, names, card.seq_len), preprocess=preprocess)
 
 
 def _last_linear(net: nn.Module) -> nn.Linear:

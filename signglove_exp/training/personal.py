@@ -45,7 +45,18 @@ def personalise(
     base: Recognizer, source: str, data_dir: str, shots: int, method: str, seed: int, settings: dict
 ) -> PersonalModel:
     """Calibrate `base` (loaded from `source`) with `shots` episodes per class of `data_dir`, drawn by
-    `seed`; `settings` holds the fine-tuning epochs and lr. The other episodes measure both models."""
+    `seed`; `settings` holds the fine-tuning epochs and lr. The other episodes measure both models.
+    `shots=0` takes the statistics of all the episodes and nothing else (`renorm`, labels unused; they
+    then measure the result: "unlabelled calibration"). A per_signer base model is always given the
+    person's statistics first (`renorm+...`)."""
+    if shots < 0:
+        raise ValueError(f"--shots {shots}: 0 (statistics only) or more episodes per class")
+    if shots == 0 and method != "renorm":
+        raise ValueError(
+            f"--shots 0 takes your recordings' statistics only (renorm); --method {method} needs shots"
+        )
+    if data.signer_statistics_needed(base.card) and not method.startswith("renorm"):
+        method = f"renorm+{method}"
     check_methods([method], "--method")
     if base.net is None:
         raise ValueError(f"{source}: an ONNX file holds no weights to adapt; give its checkpoint or run")
@@ -60,9 +71,13 @@ def personalise(
             "changes what the others read (their scores are rescaled and outscored, and nothing here "
             "could measure it): record every class"
         )
-    calib, rest = data.draw_shots(labels, shots, seed)
-    per_class = np.bincount(labels[calib])
-    used = int(per_class[per_class > 0].min())  # a class with fewer episodes than asked gives all it has
+    if shots == 0:  # statistics only: every episode, labels unused; they all measure the result
+        calib = rest = np.arange(len(labels))
+        used = 0
+    else:
+        calib, rest = data.draw_shots(labels, shots, seed)
+        per_class = np.bincount(labels[calib])
+        used = int(per_class[per_class > 0].min())  # a class with fewer episodes than asked gives all it has
     net, card = adapt(
         base.net,
         base.card,
@@ -77,7 +92,9 @@ def personalise(
             "source": source,
             "source_run": source_run_of(source),
             "source_lineage": base.card.lineage or None,
-            "adapted": f"calibrated: {method}, {used} episode(s) per class"
+            "adapted": f"statistics of {len(calib)} unlabelled episode(s)"
+            if shots == 0
+            else f"calibrated: {method}, {used} episode(s) per class"
             + (f" ({shots} asked; the data holds fewer)" if used < shots else ""),
             "method": method,
             "shots": used,
@@ -90,10 +107,11 @@ def personalise(
     metrics = {}
     if len(rest):
         rest_raw, rest_labels = [raw[i] for i in rest], labels[rest]
-        before = evaluate(base.net, base.card, rest_raw, rest_labels)
         after = evaluate(net, card, rest_raw, rest_labels)
-        metrics = {"base/acc": before["acc"], "base/f1_macro": before["f1_macro"]}
-        metrics.update({"test/acc": after["acc"], "test/f1_macro": after["f1_macro"]})
+        metrics = {"test/acc": after["acc"], "test/f1_macro": after["f1_macro"]}
+        if not data.signer_statistics_needed(base.card):  # a per_signer base model reads no one alone
+            before = evaluate(base.net, base.card, rest_raw, rest_labels)
+            metrics.update({"base/acc": before["acc"], "base/f1_macro": before["f1_macro"]})
     return PersonalModel(net, card, corpus, np.asarray(idx), calib, rest, described, metrics)
 
 
@@ -107,7 +125,8 @@ def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, expe
         with open(manifest, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["path", "role", "jamo"])
-            roles = {int(i): "calibration" for i in personal.calibration}
+            role = "statistics" if lineage["shots"] == 0 else "calibration"  # shots 0: all, and all measure
+            roles = {int(i): role for i in personal.calibration}
             for j, i in enumerate(personal.used):
                 w.writerow([corpus.episodes[i].path, roles.get(j, "test"), corpus.episodes[i].jamo])
         params = {
