@@ -316,3 +316,32 @@ def test_onnx_export_matches_pytorch_on_real_episodes(name, test_split, tmp_path
     p_torch, p_onnx = torch_rec.probabilities(values), onnx_rec.probabilities(values)
     assert np.abs(p_torch - p_onnx).max() <= 1e-5
     assert onnx_rec.card == card
+
+
+def test_a_held_sign_longer_than_the_window_is_read_whole_and_its_windows_vote(test_split, tmp_path):
+    """Recording tools also write 300-sample episodes of a held sign: a model reads windows of its
+    sequence length, half a window apart, the last ending with the episode, and averages their
+    probabilities; on every path (PyTorch, ONNX, evaluation, calibration), and an episode that fits
+    is read exactly as before."""
+    root, episodes = test_split
+    rec = Recognizer.load(REFERENCE)
+    held = [e for e in episodes[:40] if len(e.values) == 80][:3]
+    long = np.concatenate([held[0].values, np.repeat(held[0].values[-1:], 220, axis=0)])  # 300 samples, held
+    parts, owners = data.windows([long, held[1].values], rec.card.seq_len)
+    assert [len(p) for p in parts] == [87] * 6 + [80] and owners.tolist() == [0] * 6 + [1]
+    assert np.array_equal(parts[5], long[-87:])  # the last window ends with the episode
+    expected = rec.run(*data.model_inputs(parts[:6], rec.card)).mean(0)
+    np.testing.assert_allclose(rec.probabilities([long])[0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(
+        rec.probabilities([held[1].values]), rec.run(*data.model_inputs([held[1].values], rec.card))
+    )
+    onnx = Recognizer.from_onnx(export_onnx(rec.net, rec.card, tmp_path / "m.onnx"))
+    np.testing.assert_allclose(
+        onnx.probabilities([long, held[2].values]), rec.probabilities([long, held[2].values]), atol=1e-5
+    )
+    from signglove_exp.training.adapt import adapt, evaluate
+
+    label = rec.classes.index(held[0].jamo)
+    assert evaluate(rec.net, rec.card, [long], np.array([label]))["acc"] == float(expected.argmax() == label)
+    _, card = adapt(rec.net, rec.card, [long], np.array([label]), "renorm", {})
+    assert card.scaler["n_samples_seen"] == 6 * 87  # the six windows calibrated

@@ -21,6 +21,8 @@ from signglove_exp.data.preprocess import (
     prepare,
     signer_statistics_needed,
     to_arrays,
+    vote,
+    windows,
     write_reports,
 )
 from signglove_exp.data.splits import PARTS, STRATEGIES, draw_shots, duplicate_copies, split
@@ -46,6 +48,8 @@ __all__ = [
     "signer_statistics_needed",
     "split",
     "to_arrays",
+    "vote",
+    "windows",
     "write_reports",
     "duplicate_copies",
     "draw_shots",

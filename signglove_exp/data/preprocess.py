@@ -128,6 +128,28 @@ def model_inputs(
     return to_arrays(values, scalers, card.seq_len, card.padding)
 
 
+def windows(episodes: list[np.ndarray], seq_len: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Episodes as the windows a model reads: one longer than `seq_len` steps (a held sign recorded
+    for 9 s, 300 samples, where training episodes hold 80) becomes windows of `seq_len` steps half a
+    window apart, the last ending with the episode, so all of it is read and its windows `vote`;
+    a shorter one is itself. Returns the windows and, for each, the index of its episode."""
+    out, owners, step = [], [], max(seq_len // 2, 1)
+    for i, v in enumerate(episodes):
+        starts = (
+            [0] if len(v) <= seq_len else sorted({*range(0, len(v) - seq_len + 1, step), len(v) - seq_len})
+        )
+        out += [v[s : s + seq_len] for s in starts]
+        owners += [i] * len(starts)
+    return out, np.asarray(owners, dtype=np.int64)
+
+
+def vote(probabilities: np.ndarray, owners: np.ndarray, n_cases: int) -> np.ndarray:
+    """Each episode's probabilities: the mean over its windows (`windows`)."""
+    total = np.zeros((n_cases, probabilities.shape[1]), dtype=np.float64)
+    np.add.at(total, owners, probabilities)
+    return (total / np.bincount(owners, minlength=n_cases)[:, None]).astype(probabilities.dtype)
+
+
 def check_settings(cfg_data) -> None:
     """The data settings a run cannot start with, each named with its config key."""
     for key, lowest in (("seq_len", 1), ("batch_size", 1), ("eval_batch_size", 0), ("min_len", 1)):

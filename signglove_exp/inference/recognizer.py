@@ -95,20 +95,18 @@ class Recognizer:
         if data.signer_statistics_needed(self.card):
             raise data.NeedsSignerStatistics(what)
 
-    def arrays(
-        self, episodes: list[np.ndarray], signers: list[str] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(self, episodes: list[np.ndarray], signers: list[str] | None = None) -> np.ndarray:
+        """(n_cases, n_classes) probabilities for raw episodes (`signers`: see `data.model_inputs`); an
+        episode longer than the model's window is read window by window, and they vote (`data.windows`)."""
         for i, v in enumerate(episodes):
             if v.ndim != 2 or v.shape[1] != len(self.channels) or len(v) == 0:
                 raise ValueError(
                     f"episode {i}: shape {v.shape}, expected (n_timepoints >= 1, {len(self.channels)}) "
                     f"with channels {', '.join(self.channels)}"
                 )
-        return data.model_inputs(episodes, self.card, signers)
-
-    def probabilities(self, episodes: list[np.ndarray], signers: list[str] | None = None) -> np.ndarray:
-        """(n_cases, n_classes) probabilities for raw episodes (`signers`: see `data.model_inputs`)."""
-        return self.run(*self.arrays(episodes, signers))
+        parts, owners = data.windows(episodes, self.card.seq_len)
+        by_part = None if signers is None else [signers[o] for o in owners]
+        return data.vote(self.run(*data.model_inputs(parts, self.card, by_part)), owners, len(episodes))
 
     def predict_batch(self, episodes: list[np.ndarray]) -> list[Prediction]:
         return [

@@ -119,8 +119,11 @@ def adapt(
     method: str,
     settings: dict,
 ) -> tuple[nn.Module, ModelCard]:
-    """`method` (e.g. `renorm+prototype`) applied in order; the network is copied, never changed."""
+    """`method` (e.g. `renorm+prototype`) applied in order; the network is copied, never changed. A
+    long episode calibrates as the windows the model reads of it (`data.windows`), each labelled."""
     check_methods([method])
+    episodes, owners = data.windows(episodes, card.seq_len)
+    labels = np.asarray(labels)[owners]
     torch.manual_seed(settings.get("seed", 0))
     for step in method.split("+"):
         net, card = ADAPTATIONS[step](net, card, episodes, labels, settings)
@@ -129,10 +132,12 @@ def adapt(
 
 @torch.no_grad()
 def evaluate(net: nn.Module, card: ModelCard, episodes: list[np.ndarray], labels: np.ndarray) -> dict:
-    """Accuracy and macro F1 of a model on raw episodes, through the card as at inference."""
+    """Accuracy and macro F1 of a model on raw episodes, through the card as at inference (a long
+    episode's windows vote)."""
     net.eval()
-    logits = batched_logits(net, *data.model_inputs(episodes, card))
-    return classification_metrics(labels, logits.argmax(1).numpy())
+    parts, owners = data.windows(episodes, card.seq_len)
+    probabilities = torch.softmax(batched_logits(net, *data.model_inputs(parts, card)), 1).numpy()
+    return classification_metrics(labels, data.vote(probabilities, owners, len(episodes)).argmax(1))
 
 
 def metric_name(method: str) -> str:
