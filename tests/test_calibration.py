@@ -161,16 +161,26 @@ def test_a_robust_model_applies_its_preprocessing_the_same_in_recognition_and_on
 
 def test_the_few_shot_grid_is_logged_per_method_shot_and_draw(robust_run):
     cfg, result, _ = robust_run
-    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.metrics
+    run = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    logged = run.data.metrics
     for key in (
         "fewshot/none/k0/acc",
-        "fewshot/prototype/k2/draw0/acc",
-        "fewshot/prototype/k2/draw1/acc",
-        "fewshot/renorm.finetune_head/k2/acc",
+        "val/fewshot/prototype/k2/draw0/acc",  # every method on validation...
+        "val/fewshot/prototype/k2/draw1/acc",
+        "val/fewshot/renorm.finetune_head/k2/acc",
+        "fewshot/chosen/k2/draw0/acc",  # ...and the one chosen there, once on the held-out signer
     ):
         assert 0 <= logged[key] <= 1, key
-    draws = [logged[f"fewshot/prototype/k2/draw{d}/acc"] for d in (0, 1)]
-    assert logged["fewshot/prototype/k2/acc"] == pytest.approx(np.mean(draws))
+    choice = run.data.params["fewshot.chosen.k2"]
+    on_val = {
+        m: logged[f"val/fewshot/{m.replace('+', '.')}/k2/acc"] for m in ("prototype", "renorm+finetune_head")
+    }
+    assert on_val[choice] == max(on_val.values())
+    assert not any(
+        k.startswith(("fewshot/prototype", "fewshot/renorm")) for k in logged
+    )  # no method tried on test
+    draws = [logged[f"val/fewshot/prototype/k2/draw{d}/acc"] for d in (0, 1)]
+    assert logged["val/fewshot/prototype/k2/acc"] == pytest.approx(np.mean(draws))
     assert logged["fewshot/none/k0/acc"] == pytest.approx(result.metrics["test/acc"])  # k = 0: the base model
 
 
@@ -332,4 +342,5 @@ def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, c
     report = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path)))
     text = (report / "report.md").read_text(encoding="utf-8")
     assert "## Few-shot calibration on the held-out signer" in text
-    assert "| gru | prototype |" in text and (report / "calibration_curves.png").stat().st_size > 10_000
+    assert "| gru | chosen |" in text and (report / "calibration_curves.png").stat().st_size > 10_000
+    assert "`chosen`: for each k, the method best on the validation part" in text and "k=1: prototype" in text

@@ -85,9 +85,23 @@ def split_by_session(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.nd
 
 @strategy("by_signer")
 def split_by_signer(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray]:
-    """Leave one signer out; validation is a stratified carve of the others."""
+    """Leave one signer out; validation is a stratified carve of the others, or their session folders
+    `val_sessions` (a hand-shape variant none of training has: a new condition, as a person is)."""
     signers = np.array([e.signer for e in corpus.episodes])
-    return split_by_group(labels, signers, [cfg.test_signer], None, cfg.val_size, cfg.seed, "signer")
+    parts = split_by_group(labels, signers, [cfg.test_signer], None, cfg.val_size, cfg.seed, "signer")
+    if not cfg.get("val_sessions"):
+        return parts
+    sessions = np.array([e.session for e in corpus.episodes])
+    val_sessions = [str(v) for v in cfg.val_sessions]
+    known = sorted(set(sessions[signers != cfg.test_signer].tolist()))
+    for v in val_sessions:
+        if v not in known:
+            raise ValueError(
+                f"split.val_sessions: session {v!r} is not in the data; known: {', '.join(known)}"
+            )
+    rest = np.concatenate([parts["train"], parts["val"]])
+    held = np.isin(sessions[rest], val_sessions)
+    return {"train": np.sort(rest[~held]), "val": np.sort(rest[held]), "test": parts["test"]}
 
 
 def draw_shots(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

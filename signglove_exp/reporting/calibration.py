@@ -14,6 +14,7 @@ from signglove_exp.reporting import figures
 KEY = re.compile(r"^fewshot/(?P<method>[^/]+)/k(?P<k>\d+)(?:/draw\d+)?/acc$")
 
 
+CHOSEN = "fewshot.chosen.k"  # the params naming, per k, the method chosen on validation
 POOLED = ("split.test_signer", "seed")  # what a curve's points pool over, with the draws
 
 
@@ -65,5 +66,16 @@ def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> 
             for k in shots
         ]
         lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    chosen = sorted(
+        {(k, v) for r in runs for k, v in r["params"].items() if k.startswith("fewshot.chosen.k")}
+    )
+    if chosen:
+        said = ", ".join(f"k={k.removeprefix(CHOSEN)}: {v}" for k, v in chosen)
+        lines += [
+            "",
+            f"`chosen`: for each k, the method best on the validation part (a new condition, never the "
+            f"held-out signer), then measured once on the held-out signer ({said}); the validation grid "
+            "is logged as `val/fewshot/...`.",
+        ]
     lines += ["", "![calibration curves](calibration_curves.png)", ""]
     return lines, [figures.learning_curves(bands, out_dir / "calibration_curves.png")]

@@ -66,6 +66,11 @@ def log_params(client: MlflowClient, run_id: str, cfg: DictConfig, overrides: li
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+def log_extra_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Params decided at a run's end (a choice made on validation)."""
+    client.log_batch(run_id, params=[Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()])
+
+
 def log_files(client: MlflowClient, run_id: str, files: list[Path], artifact_path: str | None = None) -> None:
     for f in files:
         client.log_artifact(run_id, str(f), artifact_path)

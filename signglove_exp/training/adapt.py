@@ -20,6 +20,7 @@ from torch import nn
 from signglove_exp import data, registrar
 from signglove_exp.card import ModelCard
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.finetune import freeze
 from signglove_exp.training.module import batched_logits
 
@@ -69,13 +70,18 @@ def prototype(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Modu
 
 
 def _finetune(
-    net, card: ModelCard, episodes, labels, settings: dict, train: str
+    net, card: ModelCard, episodes, labels, settings: dict, train: str, augment: bool = False
 ) -> tuple[nn.Module, ModelCard]:
-    """Full-batch AdamW on the calibration episodes; batch norm keeps the base model's statistics."""
+    """Full-batch AdamW on the calibration episodes; batch norm keeps the base model's statistics.
+    With `augment`, each step sees the shots augmented as the model's training batches were (its
+    card's `augment` strengths, seeded by `settings["seed"]`)."""
     net = copy.deepcopy(net)
     freeze(net, train)
     x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
     y = torch.from_numpy(labels)
+    strengths = (card.config or {}).get("augment", {}) if augment else {}
+    features = (card.preprocess or {}).get("features", card.channels)
+    augmenter = Augmenter(strengths, settings.get("seed", 0), features, card.scaler, card.padding)
     optimizer = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=settings["lr"], weight_decay=0
     )
@@ -83,9 +89,10 @@ def _finetune(
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-    for _ in range(settings["epochs"]):
+    for epoch in range(settings["epochs"]):
         optimizer.zero_grad()
-        nn.functional.cross_entropy(net(x, lengths), y).backward()
+        batch = augmenter(x, lengths, y, len(card.classes), epoch, 0) if augmenter else (x, lengths, y)
+        nn.functional.cross_entropy(net(*batch[:2]), batch[2]).backward()
         optimizer.step()
     for p in net.parameters():
         p.requires_grad = True
@@ -102,6 +109,12 @@ def finetune_head(net, card, episodes, labels, settings):
 def finetune_all(net, card, episodes, labels, settings):
     """Every weight trained on the calibration episodes."""
     return _finetune(net, card, episodes, labels, settings, "all")
+
+
+@adaptation("finetune_augmented")
+def finetune_augmented(net, card, episodes, labels, settings):
+    """Every weight trained on the calibration episodes, augmented at each step as training was."""
+    return _finetune(net, card, episodes, labels, settings, "all", augment=True)
 
 
 def check_methods(methods: list[str], key: str = "calibration.methods") -> None:

@@ -25,7 +25,7 @@ from signglove_exp.tracking import logger as run_logger
 from signglove_exp.tracking import packaging, records, runs, sweep
 from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import redact, tracking_uri
-from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid
+from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid, metric_name
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.checkpoint_io import AtomicCheckpointIO
 from signglove_exp.training.finetune import freeze
@@ -114,6 +114,8 @@ def _train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...], launch: Launch) 
     cfg = start.cfg
     check_objective(cfg)
     check_methods(cfg.calibration.methods)
+    if cfg.calibration.choose_on not in ("val", "test"):
+        raise ValueError(f"calibration.choose_on={cfg.calibration.choose_on}: val or test")
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,20 +223,45 @@ def run_tags(
     return tags
 
 
-def calibration(cfg, prepared: data.Prepared, module: Classifier) -> dict[str, float]:
-    """The few-shot grid (`calibration.*`) on the held-out signer, with the best weights. Under
-    per_signer normalisation the signer's statistics come from all its episodes, labels unused."""
-    episodes = [prepared.corpus.episodes[i] for i in prepared.parts["test"]]
-    signers = sorted({e.signer for e in episodes})
-    if len(signers) != 1:
+def calibration(cfg, prepared: data.Prepared, module: Classifier) -> tuple[dict[str, float], dict[str, str]]:
+    """The few-shot grid (`calibration.*`) with the best weights; its metrics and, when the methods
+    are chosen on validation (`calibration.choose_on=val`), the method chosen for each k.
+
+    choose_on=val: every method is measured on the validation part, treated as a new person (its
+    own statistics under per_signer; `split.val_sessions` makes it a held-out hand-shape variant),
+    and for each k only the method best there is measured on the held-out signer, once
+    (`fewshot/chosen/k<k>/...`; the validation grid is `val/fewshot/...`). choose_on=test measures
+    every method on the held-out signer: a comparison, not a result."""
+    test_signers = {prepared.corpus.episodes[i].signer for i in prepared.parts["test"]}
+    if len(test_signers) != 1:
         raise ValueError(
             f"calibration.shots needs a test part of one held-out signer (split=by_signer); "
-            f"split.strategy={cfg.split.strategy} tests {len(signers)} signers"
+            f"split.strategy={cfg.split.strategy} tests {len(test_signers)} signers"
         )
-    raw, labels, card = [e.values for e in episodes], prepared.arrays["test"][2], module.card
+    settings = {**OmegaConf.to_container(cfg.calibration, resolve=True), "seed": cfg.split.seed}
+    if cfg.calibration.choose_on == "test":
+        return _grid(prepared, module, "test", settings), {}
+    on_val = _grid(prepared, module, "val", settings)
+    chosen = {
+        k: max(settings["methods"], key=lambda m: on_val[f"fewshot/{metric_name(m)}/k{k}/acc"])
+        for k in sorted(int(k) for k in settings["shots"] if int(k) > 0)
+    }
+    metrics = {f"val/{key}": value for key, value in on_val.items()}
+    metrics.update(_grid(prepared, module, "test", {**settings, "shots": []}))  # k = 0
+    for k, method in chosen.items():
+        on_test = _grid(prepared, module, "test", {**settings, "shots": [k], "methods": [method]})
+        name = f"/{metric_name(method)}/"
+        metrics.update({key.replace(name, "/chosen/"): v for key, v in on_test.items() if name in key})
+    return metrics, {f"fewshot.chosen.k{k}": method for k, method in chosen.items()}
+
+
+def _grid(prepared: data.Prepared, module: Classifier, part: str, settings: dict) -> dict[str, float]:
+    """The few-shot grid on one part's episodes as a new person's: under per_signer normalisation
+    their statistics come from all of them, labels unused."""
+    episodes = [prepared.corpus.episodes[i] for i in prepared.parts[part]]
+    raw, labels, card = [e.values for e in episodes], prepared.arrays[part][2], module.card
     if card.preprocess["normalize"] == "per_signer":
         card = adapt(module.net, card, raw, labels, "renorm", {})[1]
-    settings = {**OmegaConf.to_container(cfg.calibration, resolve=True), "seed": cfg.split.seed}
     return few_shot_grid(module.net, card, raw, labels, settings)
 
 
@@ -296,8 +323,10 @@ def fit_and_test(
             "time/latency_ms": latency_ms(module.net.cpu(), x_test, len_test),
         }
     )
+    chosen = {}
     if cfg.calibration.shots and cfg.test:
-        metrics.update(calibration(cfg, prepared, module))
+        grid, chosen = calibration(cfg, prepared, module)
+        metrics.update(grid)
     logger.log_metrics({k: v for k, v in metrics.items() if not k.startswith("test/")})
 
     confusion = []
@@ -310,6 +339,8 @@ def fit_and_test(
         logger.send(lambda: runs.log_confusion(*matrix), "the confusion matrix")
     files = [*reports, out_dir / "config.yaml", *confusion]
     logger.send(lambda: runs.log_files(client, run_id, files), "files")
+    if chosen:  # which calibration method each k used, chosen on validation
+        logger.send(lambda: runs.log_extra_params(client, run_id, chosen), "params")
     if best:
         logger.send(lambda: runs.log_files(client, run_id, [Path(best)], "checkpoints"), "the checkpoint")
         if cfg.tracking.log_model:
