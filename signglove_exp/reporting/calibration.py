@@ -41,7 +41,7 @@ def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> 
     """Markdown lines (a table: mean [lowest, highest] per k) and the learning-curve figure; nothing
     when no run measured calibration. `varying` params other than the held-out signer and the seed
     (a normalisation scope, an augmentation) make rows of their own."""
-    data = curves(runs, [k for k in varying if k not in POOLED])
+    data = curves(runs, [k for k in varying if k not in POOLED and not k.startswith(CHOSEN)])
     if not data:
         return [], []
     shots = sorted({k for ks in data.values() for k in ks})
@@ -66,11 +66,15 @@ def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> 
             for k in shots
         ]
         lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
-    chosen = sorted(
-        {(k, v) for r in runs for k, v in r["params"].items() if k.startswith("fewshot.chosen.k")}
-    )
+    chosen = defaultdict(list)  # k -> "method (held-out signer)", one per run
+    for r in runs:
+        for key, method in r["params"].items():
+            if key.startswith(CHOSEN):
+                chosen[int(key.removeprefix(CHOSEN))].append(
+                    f"{method} ({r['params'].get('split.test_signer')})"
+                )
     if chosen:
-        said = ", ".join(f"k={k.removeprefix(CHOSEN)}: {v}" for k, v in chosen)
+        said = "; ".join(f"k={k}: {', '.join(sorted(v))}" for k, v in sorted(chosen.items()))
         lines += [
             "",
             f"`chosen`: for each k, the method best on the validation part (a new condition, never the "
