@@ -345,5 +345,5 @@ def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, c
     assert "| gru | chosen |" in text and (report / "calibration_curves.png").stat().st_size > 10_000
     assert (
         "`chosen`: for each k, the method best on the validation part" in text
-        and "k=1: prototype (JY)" in text
+        and "k=1: prototype (gru, JY)" in text
     )

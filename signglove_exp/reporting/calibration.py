@@ -66,13 +66,12 @@ def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> 
             for k in shots
         ]
         lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
-    chosen = defaultdict(list)  # k -> "method (held-out signer)", one per run
+    chosen = defaultdict(list)  # k -> "method (model, held-out signer)", one per run
     for r in runs:
+        run = f"{r['params'].get('model.name')}, {r['params'].get('split.test_signer')}"
         for key, method in r["params"].items():
             if key.startswith(CHOSEN):
-                chosen[int(key.removeprefix(CHOSEN))].append(
-                    f"{method} ({r['params'].get('split.test_signer')})"
-                )
+                chosen[int(key.removeprefix(CHOSEN))].append(f"{method} ({run})")
     if chosen:
         said = "; ".join(f"k={k}: {', '.join(sorted(v))}" for k, v in sorted(chosen.items()))
         lines += [
