@@ -100,8 +100,8 @@ def folder(tmp_path_factory):
     shutil.copy(episodes[2], home / "capture.csv")
     shutil.copy(BUNDLED_DIR / "pretrained" / "gru-reference.ckpt", home / "model.ckpt")
     signer = home / "new-signer" / "unified_XY"
-    for jamo in sorted((episodes_root() / "unified_JY" / "JY").iterdir()):  # two episodes of every class
-        for f in sorted(jamo.rglob("episode_*.csv"))[:2]:
+    for jamo in sorted((episodes_root() / "unified_JY" / "JY").iterdir()):  # an episode of every class
+        for f in sorted(jamo.rglob("episode_*.csv"))[:1]:
             rel = f.relative_to(episodes_root())
             target = signer.joinpath(*rel.parts[-3:])
             target.parent.mkdir(parents=True, exist_ok=True)

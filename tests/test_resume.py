@@ -18,7 +18,7 @@ from tests.conftest import cli_command, cli_env, run_cli, store_overrides
 TRAINING = [
     "model=gru",
     "trainer=debug",
-    "trainer.max_epochs=4",
+    "trainer.max_epochs=3",
     "trainer.limit_train_batches=1.0",
     "seed=3",
     "tracking.log_model=false",  # the pyfunc model is checked elsewhere
@@ -60,7 +60,7 @@ def test_sigkill_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path, 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     cut = by_name(client)["cut"]
     assert cut.info.status == "RUNNING"  # a SIGKILL gives no chance to end the run
-    assert 1 <= len(history(client, cut.info.run_id, "val/loss")) < 4
+    assert 1 <= len(history(client, cut.info.run_id, "val/loss")) < 3
     assert (folder / "config.yaml").is_file()  # the folder holds what resume needs
 
     # The next run against the store finds the orphan and marks it, with how to continue it.
