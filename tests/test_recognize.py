@@ -73,7 +73,7 @@ def test_stream_replayed_as_fast_as_possible_emits_the_replayed_jamo(test_split)
 
 def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     root, episodes = test_split
-    episodes = episodes[:3]  # about 5 s of signing
+    episodes = episodes[:2]  # about 3 s of signing
     lines = replay_lines(root, episodes)
     capture = tmp_path / "glove.csv"
     capture.write_text(lines[0] + "\n", encoding="utf-8")
@@ -92,7 +92,7 @@ def test_stream_at_the_gloves_pace_through_follow(test_split, tmp_path):
     writer = threading.Thread(target=glove)
     started = time.time()
     writer.start()
-    follow = ["--stream", str(capture), "--follow", "--idle", "3"]
+    follow = ["--stream", str(capture), "--follow", "--idle", "2"]
     proc = run_module("signglove_exp.recognize", str(REFERENCE), *follow, cwd=tmp_path)
     writer.join()
     assert proc.returncode == 0, proc.stderr[-3000:]
