@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -287,3 +288,15 @@ def build_model(name: str, **hparams) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def batched_logits(net: nn.Module, x: np.ndarray, lengths: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """The network's logits for arrays of episodes, `batch_size` episodes at a time (0: all at once)."""
+    step = batch_size or len(x)
+    return torch.cat(
+        [
+            net(torch.from_numpy(x[i : i + step]), torch.from_numpy(lengths[i : i + step]))
+            for i in range(0, len(x), step)
+        ]
+    )

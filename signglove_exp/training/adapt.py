@@ -20,9 +20,9 @@ from torch import nn
 from signglove_exp import data, registrar
 from signglove_exp.card import ModelCard
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.models import batched_logits
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.finetune import freeze
-from signglove_exp.training.module import batched_logits
 
 Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
 ADAPTATIONS: dict[str, Method] = {}

@@ -14,6 +14,7 @@ from torch import nn
 
 from signglove_exp.card import CARD_KEY, ModelCard
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.models import batched_logits
 from signglove_exp.training.augment import Augmenter
 
 
@@ -148,18 +149,6 @@ class ProgressBar(TQDMProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
-
-
-@torch.no_grad()
-def batched_logits(net: nn.Module, x: np.ndarray, lengths: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-    """The network's logits for arrays of episodes, `batch_size` episodes at a time (0: all at once)."""
-    step = batch_size or len(x)
-    return torch.cat(
-        [
-            net(torch.from_numpy(x[i : i + step]), torch.from_numpy(lengths[i : i + step]))
-            for i in range(0, len(x), step)
-        ]
-    )
 
 
 @torch.no_grad()

@@ -20,12 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from signglove_exp import data
 from signglove_exp.card import read_checkpoint
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.models import batched_logits
 from signglove_exp.reporting import figures
 from signglove_exp.tracking import runs
 from signglove_exp.tracking.queries import run_metrics, run_status
 from signglove_exp.tracking.store import store_lock, tracking_uri
 from signglove_exp.training.cli import compose
-from signglove_exp.training.module import batched_logits
 from signglove_exp.training.study import FINISHED, check_spec, open_study, suggest, trial_sampler
 from signglove_exp.training.train import check_objective, objective, train
 
