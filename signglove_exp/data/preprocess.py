@@ -135,9 +135,8 @@ def windows(episodes: list[np.ndarray], seq_len: int) -> tuple[list[np.ndarray],
     a shorter one is itself. Returns the windows and, for each, the index of its episode."""
     out, owners, step = [], [], max(seq_len // 2, 1)
     for i, v in enumerate(episodes):
-        starts = (
-            [0] if len(v) <= seq_len else sorted({*range(0, len(v) - seq_len + 1, step), len(v) - seq_len})
-        )
+        last = max(len(v) - seq_len, 0)  # where the last window starts: 0 for an episode that fits
+        starts = sorted({*range(0, last + 1, step), last})
         out += [v[s : s + seq_len] for s in starts]
         owners += [i] * len(starts)
     return out, np.asarray(owners, dtype=np.int64)

@@ -19,8 +19,8 @@ from torch import nn
 
 from signglove_exp import data, registrar
 from signglove_exp.card import ModelCard
+from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.metrics import classification_metrics
-from signglove_exp.models import batched_logits
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.finetune import freeze
 
@@ -79,9 +79,11 @@ def _finetune(
     freeze(net, train)
     x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
     y = torch.from_numpy(labels)
-    strengths = (card.config or {}).get("augment", {}) if augment else {}
-    features = (card.preprocess or {}).get("features", card.channels)
-    augmenter = Augmenter(strengths, settings.get("seed", 0), features, card.scaler, card.padding)
+    augmenter = None
+    if augment:
+        strengths = (card.config or {}).get("augment", {})
+        features = (card.preprocess or {}).get("features", card.channels)
+        augmenter = Augmenter(strengths, settings.get("seed", 0), features, card.scaler, card.padding)
     optimizer = torch.optim.AdamW(
         [p for p in net.parameters() if p.requires_grad], lr=settings["lr"], weight_decay=0
     )
@@ -143,14 +145,10 @@ def adapt(
     return net, card
 
 
-@torch.no_grad()
 def evaluate(net: nn.Module, card: ModelCard, episodes: list[np.ndarray], labels: np.ndarray) -> dict:
-    """Accuracy and macro F1 of a model on raw episodes, through the card as at inference (a long
-    episode's windows vote)."""
-    net.eval()
-    parts, owners = data.windows(episodes, card.seq_len)
-    probabilities = torch.softmax(batched_logits(net, *data.model_inputs(parts, card)), 1).numpy()
-    return classification_metrics(labels, data.vote(probabilities, owners, len(episodes)).argmax(1))
+    """Accuracy and macro F1 of a model on raw episodes, read as at inference (`Recognizer`)."""
+    probabilities = Recognizer.from_torch(net, card).probabilities(episodes)
+    return classification_metrics(labels, probabilities.argmax(1))
 
 
 def metric_name(method: str) -> str:
