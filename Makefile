@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 STORE := sqlite:///$(CURDIR)/outputs/mlflow.db
 
-.PHONY: setup train sweep test lint server ui bench bench-train clean
+.PHONY: setup train sweep test lint server ui serve bench bench-train bench-serve clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "Setting up $(VENV): signglove-exp and its dependencies (first time only; a few minutes)"
@@ -34,6 +34,12 @@ bench: setup  ## inference latency table: four architectures, PyTorch vs ONNX Ru
 
 bench-train: setup  ## training speed against upstream's recipe, side by side (ARGS="--sweep" adds the full sweep)
 	$(BIN)/python -m signglove_exp.bench_train $(ARGS)
+
+serve: setup  ## the bundled GRU live on http://127.0.0.1:8000/live (ARGS="--serial /dev/ttyACM0" for a glove)
+	$(BIN)/python -m signglove_exp.serve signglove_exp/bundled/pretrained/gru-reference.ckpt $(ARGS)
+
+bench-serve: setup  ## the live service: /predict at 50 requests/s for a minute, sign-to-screen latency
+	$(BIN)/python -m signglove_exp.bench_serve $(ARGS)
 
 server: setup  ## a team's tracking server on http://127.0.0.1:5000 (SQLite + artifacts under outputs/server/)
 	mkdir -p outputs/server

@@ -3,6 +3,7 @@
     python -m signglove_exp.recognize MODEL episode.csv folder/ [--out predictions.csv]
     glove-reader | python -m signglove_exp.recognize MODEL --stream -      # live, from stdin
     python -m signglove_exp.recognize MODEL --stream capture.csv --follow  # a growing file
+    python -m signglove_exp.recognize MODEL --serial /dev/ttyACM0          # the glove itself, over USB
 
 MODEL is a checkpoint, an .onnx file, an MLflow run id or a runs:/ or models:/ URI.
 A file the model cannot read is reported and listed in --out with its `problem`; the other files are
@@ -19,6 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from signglove_exp import command
+from signglove_exp.inference.glove import DEFAULT_BAUD, serial_lines
 from signglove_exp.inference.stream import StreamSettings, follow
 
 
@@ -56,10 +58,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument(
         "--tracking-uri", help="for a run id: default $MLFLOW_TRACKING_URI, else outputs/mlflow.db"
     )
-    ap.add_argument("--stream", metavar="SOURCE", help="recognise a live CSV stream: a file, or - for stdin")
+    live = ap.add_mutually_exclusive_group()
+    live.add_argument(
+        "--stream", metavar="SOURCE", help="recognise a live CSV stream: a file, or - for stdin"
+    )
+    live.add_argument(
+        "--serial",
+        metavar="PORT",
+        help="recognise the glove on this serial port; waited for if not there, through unplugs",
+    )
+    ap.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"with --serial (default {DEFAULT_BAUD})")
     ap.add_argument("--follow", action="store_true", help="with --stream FILE: wait for lines appended to it")
     ap.add_argument(
-        "--idle", type=float, default=None, help="with --follow: stop after this many idle seconds"
+        "--idle",
+        type=float,
+        default=None,
+        help="with --follow or --serial: stop after this many seconds without a line",
     )
     for f in fields(StreamSettings):
         help_text = f"streaming: {f.metadata['help']} (default {f.default})"
@@ -67,20 +81,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=help_text
         )
     args = ap.parse_args(argv)
-    if not args.stream:
+    if not (args.stream or args.serial):
         try:
             files = _episode_files(args.inputs)
         except FileNotFoundError as e:
             ap.error(str(e))
         if not files:
-            ap.error("no episode files given (or use --stream)")
+            ap.error("no episode files given (or use --stream or --serial)")
     from signglove_exp.inference.recognizer import Recognizer
 
     rec = Recognizer.load(args.model, args.tracking_uri)
     rec.check_standalone(args.model)
-    if args.stream:
+    if args.stream or args.serial:
         # bytes lines: stream_rows decodes each one, so a line that is not UTF-8 is skipped, not fatal
         settings = StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})
+        if args.serial:  # the glove's connects, unplugs and `#` lines: one line each on stderr
+            return _print_stream(rec, serial_lines(args.serial, args.baud, idle_s=args.idle), settings)
         if args.stream == "-":
             return _print_stream(rec, sys.stdin.buffer, settings)
         if args.follow:

@@ -51,7 +51,8 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-SHARED_MODULE_FIXTURES = ("small_sweep", "folder", "robust_run")  # built once per module, minutes
+# built once per module: minutes of training, or a server process
+SHARED_MODULE_FIXTURES = ("small_sweep", "folder", "robust_run", "plain_server", "glove_server")
 
 
 def pytest_itemcollected(item):

@@ -120,7 +120,9 @@ def test_no_module_shadows_the_standard_library():
 
 
 COMMANDS = ["signglove_exp", *(f"signglove_exp.{m}" for m in ("recognize", "evaluate", "report", "export"))]
-COMMANDS += [f"signglove_exp.{m}" for m in ("describe", "legacy", "bench", "upload", "calibrate", "search")]
+COMMANDS += [
+    f"signglove_exp.{m}" for m in ("describe", "legacy", "bench", "upload", "calibrate", "search", "serve")
+]
 
 
 def test_help_answers_without_loading_torch_lightning_or_mlflow():

@@ -30,10 +30,16 @@ from tests.conftest import cli_env, episodes_root, free_port, run_line
 
 README = PACKAGE_DIR.parent / "README.md"
 COMPOSE, RUN, MAKE, SERVE = "compose", "run", "make", "serve"
+LIVE = (
+    "live"  # run as written with a pseudo-terminal glove for /dev/ttyACM0: tests/test_live.py, test_glove.py
+)
 CHECKS = {
     "make train": MAKE,  # the README's own two commands: CI runs `make test`; `make train` is timed by hand
     "make test": MAKE,
     "make server": MAKE,
+    "make serve": MAKE,
+    "python -m signglove_exp.recognize model.ckpt --serial /dev/ttyACM0": LIVE,
+    "python -m signglove_exp.serve model.ckpt --serial /dev/ttyACM0": LIVE,
     "python -m signglove_exp": COMPOSE,
     "python -m signglove_exp model=ms3d_stacked_gru": COMPOSE,
     "python -m signglove_exp model=gru seed=7 optimizer.lr=3e-3 trainer.max_epochs=50": COMPOSE,

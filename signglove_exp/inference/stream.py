@@ -136,6 +136,7 @@ def recognise_stream(rec: Recognizer, rows: Iterable[np.ndarray], settings: Stre
                     "sample": seen - len(buffer) + ends[k],
                     "jamo": preds[k].jamo,
                     "confidence": preds[k].confidence,
+                    "top": preds[k].top(3),
                     "latency_ms": latency_ms,
                 }
                 del buffer[: ends[k]]

@@ -15,7 +15,7 @@ import torch
 from signglove_exp import data
 from signglove_exp.card import CARD_KEY, ModelCard
 from signglove_exp.inference.evaluation import episodes_to_evaluate
-from signglove_exp.inference.recognizer import Recognizer
+from signglove_exp.inference.recognizer import Recognizer, source_run_of
 from signglove_exp.tracking.packaging import log_pyfunc
 from signglove_exp.tracking.runs import log_evaluation
 from signglove_exp.tracking.store import resolve_uri
@@ -32,13 +32,6 @@ class PersonalModel:
     rest: np.ndarray  # positions in `used` that measured the base and the personal model
     described: str  # what the data was, in words
     metrics: dict[str, float] = field(default_factory=dict)  # base/acc, test/acc, ... on `rest`
-
-
-def source_run_of(model: str) -> str | None:
-    """The MLflow run a model reference names, if it names one."""
-    if model.startswith("runs:/"):
-        return model.split("/")[1]
-    return None if Path(model).is_file() or model.startswith("models:/") else model
 
 
 def personalise(
