@@ -16,7 +16,6 @@ import argparse
 import csv
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 from signglove_exp import command
@@ -75,11 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=None,
         help="with --follow or --serial: stop after this many seconds without a line",
     )
-    for f in fields(StreamSettings):
-        help_text = f"streaming: {f.metadata['help']} (default {f.default})"
-        ap.add_argument(
-            f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help=help_text
-        )
+    StreamSettings.add_arguments(ap)
     args = ap.parse_args(argv)
     if not (args.stream or args.serial):
         try:
@@ -94,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rec.check_standalone(args.model)
     if args.stream or args.serial:
         # bytes lines: stream_rows decodes each one, so a line that is not UTF-8 is skipped, not fatal
-        settings = StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})
+        settings = StreamSettings.from_args(args)
         if args.serial:  # the glove's connects, unplugs and `#` lines: one line each on stderr
             return _print_stream(rec, serial_lines(args.serial, args.baud, idle_s=args.idle), settings)
         if args.stream == "-":

@@ -14,10 +14,10 @@ import argparse
 import sys
 import tempfile
 import threading
-from dataclasses import fields
 from pathlib import Path
 
 from signglove_exp import command, default_outputs
+from signglove_exp.inference.glove import DEFAULT_BAUD
 from signglove_exp.inference.stream import StreamSettings
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--port", type=int, default=8000, help="default 8000")
     ap.add_argument("--serial", metavar="PORT", help="the glove's serial port (e.g. /dev/ttyACM0)")
-    ap.add_argument("--baud", type=int, default=115200, help="with --serial (default 115200, the firmware's)")
+    ap.add_argument("--baud", type=int, default=DEFAULT_BAUD, help=f"with --serial (default {DEFAULT_BAUD})")
     ap.add_argument(
         "--tracking-uri",
         help="for a run id, and for enrolled models: default $MLFLOW_TRACKING_URI, else outputs/mlflow.db",
@@ -63,13 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--max-body", type=int, default=4_000_000, help="largest request body in bytes (default 4000000)"
     )
-    for f in fields(StreamSettings):
-        ap.add_argument(
-            f"--{f.name.replace('_', '-')}",
-            type=type(f.default),
-            default=f.default,
-            help=f"live segmentation: {f.metadata['help']} (default {f.default})",
-        )
+    StreamSettings.add_arguments(ap)
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -87,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     base.rec.predict(np.zeros((rec.card.seq_len, len(rec.channels))))  # set-up paid now, not by a client
     outputs = (args.outputs or default_outputs()).resolve()
     enrol = EnrolSettings(outputs, args.tracking_uri, args.experiment, args.method, args.lead_in)
-    settings = StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})
+    settings = StreamSettings.from_args(args)
     feed = LiveFeed(base, settings, enrol, args.serial, engine)
     stop = threading.Event()
     if args.serial:

@@ -19,6 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from signglove_exp.card import CARD_KEY, read_checkpoint
+from signglove_exp.inference.glove import FIRMWARE_HEADER
 from signglove_exp.inference.hangul import compose
 from signglove_exp.inference.recognizer import Recognizer
 from tests.conftest import cli_env, empty_store, free_port, run_module
@@ -324,11 +325,19 @@ def test_the_live_page_spells_what_the_glove_signs_and_shows_the_glove(glove_ser
     glove.wait_for("header")
     glove.play(firmware_lines(root, first_of_each(episodes, "ㅏ")), pace_s=0.004)
     shows(page, "#text", "t === '한그라'")  # the final ㄹ moved on to the new syllable
+    glove.write("timestamp,pitch,roll,yaw")  # firmware without the flex sensors: said, not guessed
+    glove.play(["1,2.00,3.00,4.00"] * 3, pace_s=0.01)
+    shows(page, "#glove-state", "t.includes('header lacks column(s) flex1, flex2, flex3, flex4, flex5')")
+    assert page.get_attribute("#glove", "class") == "error"
+    glove.write(FIRMWARE_HEADER)
+    glove.play(firmware_lines(root, first_of_each(episodes, "ㄴ")), pace_s=0.004)
+    shows(page, "#glove-state", "t.startsWith('connected')")
+    shows(page, "#text", "t === '한그란'")
     late = browser.new_page()  # a tab opened now shows the state as it is
     late.goto(f"{base}/live")
-    shows(late, "#text", "t === '한그라'")
-    assert late.text_content("#sign-jamo") == "ㅏ"
-    assert call(base, "/latest")[1]["result"]["predicted_class"] == "ㅏ"
+    shows(late, "#text", "t === '한그란'")
+    assert late.text_content("#sign-jamo") == "ㄴ"
+    assert call(base, "/latest")[1]["result"]["predicted_class"] == "ㄴ"
     late.close()
     page.close()
 

@@ -238,10 +238,13 @@ class LiveFeed:
         while not stop.is_set():
             try:
                 for row in stream_rows(lines, self.model.rec.channels):
+                    if self.glove["state"] == "error":  # a header with the model's channels came
+                        self.set_glove("connected", "connected, columns read from the new header")
                     self.push(row[None, :])
                 return
-            except StreamHeaderError as e:
-                self.set_glove("error", str(e))
+            except StreamHeaderError as e:  # said once; every line until a good header is refused
+                if self.glove["state"] != "error":
+                    self.set_glove("error", str(e))
 
     # -- signs out ---------------------------------------------------------------------------------
     def predict_batch(self, episodes: list[np.ndarray]) -> list[Prediction]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,6 +109,21 @@ class StreamSettings:
     stable: int = field(
         default=2, metadata={"help": "neighbouring candidate ends that must agree on the jamo"}
     )
+
+    @staticmethod
+    def add_arguments(ap: argparse.ArgumentParser) -> None:
+        """Each setting as a command-line option (`--min-samples 40`), for every command that segments."""
+        for f in fields(StreamSettings):
+            ap.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                type=type(f.default),
+                default=f.default,
+                help=f"segmentation: {f.metadata['help']} (default {f.default})",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> StreamSettings:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def recognise_stream(rec: Recognizer, rows: Iterable[np.ndarray], settings: StreamSettings) -> Iterator[dict]:
