@@ -301,9 +301,9 @@ def test_the_live_page_spells_what_the_glove_signs_and_shows_the_glove(glove_ser
         shows(tab, "#glove-state", "t.startsWith('connected')")
         assert tab.text_content("#model-name") == "gru"
     lines = firmware_lines(root, first_of_each(episodes, "ㅎㅏㄴㄱㅡㄹ"))
-    glove.play(lines[:200], pace_s=0.004)
+    glove.play(lines[:200], pace_s=0.001)
     tabs[1].close()  # a tab closed while the glove streams
-    glove.play(lines[200:], pace_s=0.004)
+    glove.play(lines[200:], pace_s=0.001)
     page = tabs[0]
     shows(page, "#text", "t === '한글'")
     page.wait_for_function("document.fonts.check('16px Nanum', '한')")  # the bundled Hangul font took
@@ -323,14 +323,14 @@ def test_the_live_page_spells_what_the_glove_signs_and_shows_the_glove(glove_ser
     glove.plug()
     shows(page, "#glove-state", "t.startsWith('connected')")
     glove.wait_for("header")
-    glove.play(firmware_lines(root, first_of_each(episodes, "ㅏ")), pace_s=0.004)
+    glove.play(firmware_lines(root, first_of_each(episodes, "ㅏ")), pace_s=0.001)
     shows(page, "#text", "t === '한그라'")  # the final ㄹ moved on to the new syllable
     glove.write("timestamp,pitch,roll,yaw")  # firmware without the flex sensors: said, not guessed
     glove.play(["1,2.00,3.00,4.00"] * 3, pace_s=0.01)
     shows(page, "#glove-state", "t.includes('header lacks column(s) flex1, flex2, flex3, flex4, flex5')")
     assert page.get_attribute("#glove", "class") == "error"
     glove.write(FIRMWARE_HEADER)
-    glove.play(firmware_lines(root, first_of_each(episodes, "ㄴ")), pace_s=0.004)
+    glove.play(firmware_lines(root, first_of_each(episodes, "ㄴ")), pace_s=0.001)
     shows(page, "#glove-state", "t.startsWith('connected')")
     shows(page, "#text", "t === '한그란'")
     late = browser.new_page()  # a tab opened now shows the state as it is
@@ -358,7 +358,7 @@ def test_an_enrolment_through_the_page_ends_in_a_personal_model_run(glove_server
     for step in range(24):
         shows(page, "#enrol-status", f"t.includes('({step + 1} of 24,')")
         lines = firmware_lines(root, [whole[page.text_content("#enrol-jamo")]])
-        glove.play([lines[0]] * LEAD_IN + lines, pace_s=0.002)  # the hand still, then the sign
+        glove.play([lines[0]] * LEAD_IN + lines, pace_s=0)  # the hand still, then the sign
     shows(page, "#enrol-status", "t.includes('your personal model is served')", timeout_s=90)
     assert page.text_content("#model-name") == "gru (personal)"
     run_id = page.text_content("#model-source").removeprefix("run ")
