@@ -149,6 +149,8 @@ class Enrolment:
 
 
 class LiveFeed:
+    BACKLOG = 100_000  # samples waiting for the segmenter before a client is asked to wait
+
     def __init__(
         self,
         model: ServedModel,
@@ -171,7 +173,7 @@ class LiveFeed:
         self.last_sign: dict | None = None
         self.samples = 0
         self.enrolment: Enrolment | None = None
-        self._rows: queue.Queue = queue.Queue(maxsize=100_000)
+        self._rows: queue.Queue = queue.Queue(maxsize=self.BACKLOG)
         self._subscribers: dict[asyncio.Queue, asyncio.AbstractEventLoop] = {}
         self._lock = threading.Lock()
         self._arrived = 0.0
@@ -214,6 +216,10 @@ class LiveFeed:
         arrived = time.time()
         for row in rows:
             self._rows.put((row, arrived))
+
+    def room(self) -> int:
+        """How many more samples the feed takes now."""
+        return self.BACKLOG - self._rows.qsize()
 
     def set_glove(self, kind: str, detail: str) -> None:
         """The glove reader's news: connected, disconnected, info (a `#` line), error."""

@@ -134,6 +134,10 @@ def build_app(feed: LiveFeed, limits: Limits, glove_attached: bool) -> Starlette
         if glove_attached:
             raise Refused(409, f"the live feed comes from the glove on {feed.glove['port']}")
         values = window(await read_json(request, limits), feed.model.rec.channels, limits)
+        if feed.room() < len(values):  # never block the event loop on a full feed
+            raise Refused(
+                503, f"the live feed is {feed.BACKLOG - feed.room()} samples behind: send them later"
+            )
         feed.push(values)
         return JSONResponse({"accepted": len(values)})
 
