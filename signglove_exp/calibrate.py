@@ -39,14 +39,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from signglove_exp.inference.recognizer import Recognizer
+    from signglove_exp.training.adapt import tuning
     from signglove_exp.training.cli import compose
     from signglove_exp.training.personal import log_personal_model, personalise
 
     settings = compose().calibration
     method = args.method or ("renorm" if args.shots == 0 else settings.default_method)
     base = Recognizer.load(args.model, args.tracking_uri)
-    tuning = {"epochs": settings.epochs, "lr": settings.lr}
-    personal = personalise(base, args.model, args.data, args.shots, method, args.seed, tuning)
+    personal = personalise(base, args.model, args.data, args.shots, method, args.seed, tuning(settings))
     run_id = log_personal_model(personal, args.seed, args.tracking_uri, args.experiment)
     metrics = personal.metrics
     lineage = personal.card.lineage

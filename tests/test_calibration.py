@@ -203,6 +203,37 @@ def test_prototype_calibration_is_the_nearest_class_mean_on_the_embedding(corpus
     assert evaluate(tuned, tuned_card, [raw[i] for i in rest], labels[rest])["acc"] > 0
 
 
+def test_a_method_step_carries_its_own_settings_and_a_bad_one_is_named(corpus):
+    """`finetune_all:epochs=3:lr=0.003:label_smoothing=0.1` trains exactly as those settings given
+    for every step would; the settings differ from the defaults, so the weights must differ too."""
+    from signglove_exp.training.adapt import check_methods, metric_name
+
+    net, card = Recognizer.from_checkpoint(PRETRAINED).net, read_checkpoint(PRETRAINED)[0]
+    raw, labels = signer_episodes(corpus, "JY")
+    calib, _ = data.draw_shots(labels, 1, seed=0)
+    shots, y = [raw[i] for i in calib], labels[calib]
+    defaults = {"epochs": 2, "lr": 1e-4, "label_smoothing": 0.0, "seed": 0}
+    own, _ = adapt(net, card, shots, y, "finetune_all:epochs=3:lr=0.003:label_smoothing=0.1", defaults)
+    given, _ = adapt(
+        net, card, shots, y, "finetune_all", {**defaults, "epochs": 3, "lr": 3e-3, "label_smoothing": 0.1}
+    )
+    plain, _ = adapt(net, card, shots, y, "finetune_all", defaults)
+    for a, b in zip(own.state_dict().values(), given.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert any(
+        not torch.equal(a, c)
+        for a, c in zip(own.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
+    assert metric_name("renorm+finetune_all:lr=0.003") == "renorm.finetune_all.lr_0.003"
+    for bad, said in [
+        ("finetune_all:epochs=ten", "'epochs=ten' is not key=value"),
+        ("finetune_all:momentum=0.9", "'momentum=0.9' is not key=value"),
+        ("finetune_al:lr=0.1", "unknown method finetune_al"),
+    ]:
+        with pytest.raises(ValueError, match=f"calibration.methods: .*{said}"):
+            check_methods(["prototype", bad])
+
+
 def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     corpus, tmp_path, monkeypatch, capsys
 ):

@@ -358,13 +358,15 @@ def personal_model(
     from mlflow.tracking import MlflowClient
 
     from signglove_exp.tracking.store import resolve_uri
+    from signglove_exp.training.adapt import tuning
     from signglove_exp.training.cli import compose as compose_config
     from signglove_exp.training.personal import log_personal_model, personalise
 
     calibration = compose_config().calibration
     method = settings.method or calibration.default_method
-    tuning = {"epochs": calibration.epochs, "lr": calibration.lr}
-    personal = personalise(base.rec, base.source, str(enrolment.folder), enrolment.shots, method, 0, tuning)
+    personal = personalise(
+        base.rec, base.source, str(enrolment.folder), enrolment.shots, method, 0, tuning(calibration)
+    )
     uri = resolve_uri(settings.tracking_uri, settings.outputs)
     run_id = log_personal_model(personal, 0, uri, settings.experiment)
     client = MlflowClient(uri)

@@ -3,7 +3,9 @@
 A method takes a trained network, its card and a few labelled episodes of the new signer (raw, in the
 card's channel order) and returns the adapted network and card; `a+b` chains methods. The result is
 an ordinary model (same architecture, card with lineage), so recognition, streaming and ONNX export
-use it like any other. `few_shot_grid` measures every (shots, draw, method) on a held-out signer.
+use it like any other. A step may carry its own settings, `finetune_all:epochs=100:lr=0.003`, so a
+protocol chooses settings on validation as it chooses methods. `few_shot_grid` measures every
+(shots, draw, method) on a held-out signer.
 """
 
 from __future__ import annotations
@@ -27,6 +29,29 @@ from signglove_exp.training.finetune import freeze
 Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
 ADAPTATIONS: dict[str, Method] = {}
 adaptation = registrar(ADAPTATIONS)
+TUNABLE = {"epochs": int, "lr": float, "label_smoothing": float}  # what a step may set: name:key=value
+
+
+def tuning(calibration) -> dict:
+    """The fine-tuning settings of a `calibration` config (a step's own `:key=value` override them)."""
+    return {key: kind(calibration[key]) for key, kind in TUNABLE.items()}
+
+
+def parse_step(step: str, key: str = "calibration.methods") -> tuple[str, dict]:
+    """`finetune_all:epochs=100:lr=0.003` -> ("finetune_all", {"epochs": 100, "lr": 0.003})."""
+    name, *pairs = step.split(":")
+    if name not in ADAPTATIONS:
+        raise ValueError(f"{key}: unknown method {name}; known: {', '.join(ADAPTATIONS)}")
+    own = {}
+    for pair in pairs:
+        setting, _, value = pair.partition("=")
+        try:
+            own[setting] = TUNABLE[setting](value)
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"{key}: {step!r}: {pair!r} is not key=value with a key of {', '.join(TUNABLE)}"
+            ) from None
+    return name, own
 
 
 @adaptation("renorm")
@@ -72,7 +97,8 @@ def prototype(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Modu
 def _finetune(
     net, card: ModelCard, episodes, labels, settings: dict, train: str, augment: bool = False
 ) -> tuple[nn.Module, ModelCard]:
-    """Full-batch AdamW on the calibration episodes; batch norm keeps the base model's statistics.
+    """Full-batch AdamW on the calibration episodes (`epochs` steps, `lr`, `label_smoothing`); batch
+    norm keeps the base model's statistics.
     With `augment`, each step sees the shots augmented as the model's training batches were (its
     card's `augment` strengths, seeded by `settings["seed"]`)."""
     net = copy.deepcopy(net)
@@ -94,7 +120,10 @@ def _finetune(
     for epoch in range(settings["epochs"]):
         optimizer.zero_grad()
         batch = augmenter(x, lengths, y, len(card.classes), epoch, 0) if augmenter else (x, lengths, y)
-        nn.functional.cross_entropy(net(*batch[:2]), batch[2]).backward()
+        loss = nn.functional.cross_entropy(
+            net(*batch[:2]), batch[2], label_smoothing=settings.get("label_smoothing", 0.0)
+        )
+        loss.backward()
         optimizer.step()
     for p in net.parameters():
         p.requires_grad = True
@@ -121,9 +150,8 @@ def finetune_augmented(net, card, episodes, labels, settings):
 
 def check_methods(methods: list[str], key: str = "calibration.methods") -> None:
     for method in methods:
-        unknown = [m for m in str(method).split("+") if m not in ADAPTATIONS]
-        if unknown:
-            raise ValueError(f"{key}: unknown method {', '.join(unknown)}; known: {', '.join(ADAPTATIONS)}")
+        for step in str(method).split("+"):
+            parse_step(step, key)
 
 
 def adapt(
@@ -141,7 +169,8 @@ def adapt(
     labels = np.asarray(labels)[owners]
     torch.manual_seed(settings.get("seed", 0))
     for step in method.split("+"):
-        net, card = ADAPTATIONS[step](net, card, episodes, labels, settings)
+        name, own = parse_step(step)
+        net, card = ADAPTATIONS[name](net, card, episodes, labels, {**settings, **own})
     return net, card
 
 
@@ -152,8 +181,9 @@ def evaluate(net: nn.Module, card: ModelCard, episodes: list[np.ndarray], labels
 
 
 def metric_name(method: str) -> str:
-    """MLflow allows no '+' in a metric name: `renorm+prototype` is logged as `renorm.prototype`."""
-    return method.replace("+", ".")
+    """Lightning's MLflow logger keeps only '_', '/', '.' and ' ' of punctuation in a metric name:
+    `renorm+finetune_all:lr=0.003` is logged as `renorm.finetune_all.lr_0.003`."""
+    return method.replace("+", ".").replace(":", ".").replace("=", "_")
 
 
 def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray, settings: dict) -> dict:

@@ -38,7 +38,8 @@ def personalise(
     base: Recognizer, source: str, data_dir: str, shots: int, method: str, seed: int, settings: dict
 ) -> PersonalModel:
     """Calibrate `base` (loaded from `source`) with `shots` episodes per class of `data_dir`, drawn by
-    `seed`; `settings` holds the fine-tuning epochs and lr. The other episodes measure both models.
+    `seed`; `settings` holds the fine-tuning settings (`adapt.tuning`). The other episodes measure both
+    models.
     `shots=0` takes the statistics of all the episodes and nothing else (`renorm`, labels unused; they
     then measure the result: "unlabelled calibration"). A per_signer base model is always given the
     person's statistics first (`renorm+...`)."""
@@ -77,7 +78,7 @@ def personalise(
         [raw[i] for i in calib],
         labels[calib],
         method,
-        {"epochs": settings["epochs"], "lr": settings["lr"], "seed": seed},
+        {**settings, "seed": seed},
     )
     card = replace(
         card,
