@@ -172,10 +172,12 @@ def test_the_few_shot_grid_is_logged_per_method_shot_and_draw(robust_run):
     ):
         assert 0 <= logged[key] <= 1, key
     choice = run.data.params["fewshot.chosen.k2"]
-    on_val = {
-        m: logged[f"val/fewshot/{m.replace('+', '.')}/k2/acc"] for m in ("prototype", "renorm+finetune_head")
+    on_val = {  # highest accuracy, a tie going to the lower loss
+        m: (logged[f"val/fewshot/{name}/k2/acc"], -logged[f"val/fewshot/{name}/k2/loss"])
+        for m, name in (("prototype", "prototype"), ("renorm+finetune_head", "renorm.finetune_head"))
     }
     assert on_val[choice] == max(on_val.values())
+    assert logged["val/fewshot/prototype/k2/loss"] > 0
     assert not any(
         k.startswith(("fewshot/prototype", "fewshot/renorm")) for k in logged
     )  # no method tried on test

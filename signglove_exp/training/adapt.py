@@ -175,9 +175,12 @@ def adapt(
 
 
 def evaluate(net: nn.Module, card: ModelCard, episodes: list[np.ndarray], labels: np.ndarray) -> dict:
-    """Accuracy and macro F1 of a model on raw episodes, read as at inference (`Recognizer`)."""
+    """Accuracy, macro F1 and the mean negative log-likelihood (`loss`) of a model on raw episodes,
+    read as at inference (`Recognizer`)."""
     probabilities = Recognizer.from_torch(net, card).probabilities(episodes)
-    return classification_metrics(labels, probabilities.argmax(1))
+    truth = probabilities[np.arange(len(labels)), labels].astype(np.float64)
+    loss = float(-np.log(np.clip(truth, 1e-12, None)).mean())
+    return {**classification_metrics(labels, probabilities.argmax(1)), "loss": loss}
 
 
 def metric_name(method: str) -> str:
@@ -187,9 +190,10 @@ def metric_name(method: str) -> str:
 
 
 def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray, settings: dict) -> dict:
-    """Metrics `fewshot/<method>/k<k>/draw<d>/acc` (and their mean over draws, `.../k<k>/acc`; a chain's
-    `+` logged as `.`) on a signer the network never saw: each draw's k episodes per class calibrate,
-    the rest are tested. k = 0 is the base model on all of the signer's episodes (method `none`)."""
+    """Metrics `fewshot/<method>/k<k>/draw<d>/acc` and `.../loss` (and their means over draws,
+    `.../k<k>/acc`; a chain's `+` logged as `.`) on a signer the network never saw: each draw's k
+    episodes per class calibrate, the rest are tested. k = 0 is the base model on all of the signer's
+    episodes (method `none`)."""
     check_methods(settings["methods"])
     metrics = {"fewshot/none/k0/acc": evaluate(net, card, episodes, labels)["acc"]}
     for k in sorted(int(k) for k in settings["shots"] if int(k) > 0):
@@ -198,10 +202,12 @@ def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray,
             shots = [episodes[i] for i in calib]
             for method in settings["methods"]:
                 tuned, tuned_card = adapt(net, card, shots, labels[calib], method, settings)
-                acc = evaluate(tuned, tuned_card, [episodes[i] for i in rest], labels[rest])["acc"]
-                metrics[f"fewshot/{metric_name(method)}/k{k}/draw{draw}/acc"] = acc
+                scores = evaluate(tuned, tuned_card, [episodes[i] for i in rest], labels[rest])
+                for name in ("acc", "loss"):
+                    metrics[f"fewshot/{metric_name(method)}/k{k}/draw{draw}/{name}"] = scores[name]
     over_draws = defaultdict(list)
     for key, value in metrics.items():
         if "/draw" in key:
-            over_draws[key.split("/draw")[0] + "/acc"].append(value)
+            cell, score = key.split("/draw")
+            over_draws[f"{cell}/{score.split('/')[1]}"].append(value)
     return {**metrics, **{k: float(np.mean(v)) for k, v in over_draws.items()}}

@@ -229,9 +229,9 @@ def calibration(cfg, prepared: data.Prepared, module: Classifier) -> tuple[dict[
 
     choose_on=val: every method is measured on the validation part, treated as a new person (its
     own statistics under per_signer; `split.val_sessions` makes it a held-out hand-shape variant),
-    and for each k only the method best there is measured on the held-out signer, once
-    (`fewshot/chosen/k<k>/...`; the validation grid is `val/fewshot/...`). choose_on=test measures
-    every method on the held-out signer: a comparison, not a result."""
+    and for each k only the method best there (accuracy; a tie: the lower loss) is measured on the
+    held-out signer, once (`fewshot/chosen/k<k>/...`; the validation grid is `val/fewshot/...`).
+    choose_on=test measures every method on the held-out signer: a comparison, not a result."""
     test_signers = {prepared.corpus.episodes[i].signer for i in prepared.parts["test"]}
     if len(test_signers) != 1:
         raise ValueError(
@@ -242,8 +242,13 @@ def calibration(cfg, prepared: data.Prepared, module: Classifier) -> tuple[dict[
     if cfg.calibration.choose_on == "test":
         return _grid(prepared, module, "test", settings), {}
     on_val = _grid(prepared, module, "val", settings)
+
+    def on_val_score(method: str, k: int) -> tuple[float, float]:  # ties in accuracy: the lower loss
+        cell = f"fewshot/{metric_name(method)}/k{k}"
+        return on_val[f"{cell}/acc"], -on_val[f"{cell}/loss"]
+
     chosen = {
-        k: max(settings["methods"], key=lambda m: on_val[f"fewshot/{metric_name(m)}/k{k}/acc"])
+        k: max(settings["methods"], key=lambda m: on_val_score(m, k))
         for k in sorted(int(k) for k in settings["shots"] if int(k) > 0)
     }
     metrics = {f"val/{key}": value for key, value in on_val.items()}
