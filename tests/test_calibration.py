@@ -26,6 +26,7 @@ from signglove_exp.training.train import train
 from tests.conftest import compose_config, episodes_root, run_sweep
 
 PRETRAINED = Path(__file__).parents[1] / "signglove_exp" / "bundled" / "pretrained" / "gru-reference.ckpt"
+DEFAULT_METHOD = "renorm+finetune_all:epochs=100:lr=0.003"  # calibration.default_method
 
 
 @pytest.fixture(scope="module")
@@ -248,13 +249,11 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     out = calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "2", "--tracking-uri", uri])
     client = MlflowClient(uri)
     run = client.get_run(out["run_id"])
-    assert (
-        run.data.tags["signglove.kind"] == "calibration" and run.data.params["method"] == "renorm+prototype"
-    )
+    assert run.data.tags["signglove.kind"] == "calibration" and run.data.params["method"] == DEFAULT_METHOD
     assert out["test/acc"] == run.data.metrics["test/acc"]
     rec = Recognizer.load(out["run_id"], uri)
     assert rec.card.lineage["source"] == str(PRETRAINED) and rec.card.lineage["shots"] == 2
-    assert "source_lineage" in rec.card.lineage and rec.card.lineage["method"] == "renorm+prototype"
+    assert "source_lineage" in rec.card.lineage and rec.card.lineage["method"] == DEFAULT_METHOD
     with open(
         client.download_artifacts(out["run_id"], "calibration_manifest.csv", str(tmp_path)), encoding="utf-8"
     ) as f:
@@ -277,7 +276,10 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     with pytest.raises(ValueError, match="--method: unknown method nearest"):
         calibrate.main([str(PRETRAINED), "--data", str(folder), "--method", "renorm+nearest"])
     capsys.readouterr()
-    every = calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "500", "--tracking-uri", uri])
+    every = calibrate.main(
+        [str(PRETRAINED), "--data", str(folder), "--shots", "500", "--method", "prototype"]
+        + ["--tracking-uri", uri]
+    )
     held = min(truth.count(j) + 2 for j in set(truth))  # the fewest episodes of a class in the folder
     lineage = Recognizer.load(every["run_id"], uri).card.lineage
     assert lineage["shots"] == held and lineage["shots_asked"] == 500  # what was used, not what was asked

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,27 @@ def test_macro_scores_average_over_the_classes_present_only():
     y_pred = np.array([0, 1, 1, 1, 2, 5])  # a class predicted that the truth lacks
     m = classification_metrics(y_true, y_pred)
     assert m["recall_macro"] == pytest.approx(m["balanced_acc"])
+
+
+def test_the_metrics_are_scikit_learns_scorers_with_the_classes_present():
+    from sklearn import metrics as sk
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, k = rng.integers(1, 60), rng.integers(2, 8)
+        y_true = rng.integers(0, k, n)
+        y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, k + 2, n))  # some absent classes
+        macro = {"average": "macro", "labels": np.unique(y_true).tolist(), "zero_division": 0}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = {
+                "acc": sk.accuracy_score(y_true, y_pred),
+                "balanced_acc": sk.balanced_accuracy_score(y_true, y_pred),
+                "f1_macro": sk.f1_score(y_true, y_pred, **macro),
+                "precision_macro": sk.precision_score(y_true, y_pred, **macro),
+                "recall_macro": sk.recall_score(y_true, y_pred, **macro),
+            }
+        assert classification_metrics(y_true, y_pred) == pytest.approx(expected, abs=1e-12)
 
 
 def test_evaluating_on_a_folder_with_three_jamo_says_which_classes_are_missing(tmp_path, capsys):

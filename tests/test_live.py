@@ -366,7 +366,8 @@ def test_an_enrolment_through_the_page_ends_in_a_personal_model_run(glove_server
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     run = client.get_run(run_id)
     assert run.data.tags["signglove.enrolment"] == "JY on the page"
-    assert run.data.params["method"] == "renorm+prototype" and run.data.params["n_calibration"] == "24"
+    assert run.data.params["method"] == "renorm+finetune_all:epochs=100:lr=0.003"  # the default method
+    assert run.data.params["n_calibration"] == "24"
     recorded = client.list_artifacts(run_id, "enrolment")
     assert sorted(Path(a.path).name for a in recorded) == sorted(whole)
     personal = Recognizer.load(run_id, f"sqlite:///{tmp / 'mlflow.db'}")

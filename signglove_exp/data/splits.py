@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from signglove_exp import registrar
 from signglove_exp.data.corpus import Corpus
@@ -24,6 +23,8 @@ strategy = registrar(STRATEGIES)
 def _carve_val(
     idx: np.ndarray, labels: np.ndarray, val_size: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split  # here: reading a model needs no sklearn (1 s)
+
     train, val = train_test_split(idx, test_size=val_size, stratify=labels[idx], random_state=seed)
     return train, val
 
@@ -31,6 +32,8 @@ def _carve_val(
 @strategy("stratified")
 def split_stratified(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray]:
     """Upstream's two calls to train_test_split, so the reference partition is reproduced exactly."""
+    from sklearn.model_selection import train_test_split
+
     idx = np.arange(len(labels))
     rest, test = train_test_split(idx, test_size=cfg.test_size, stratify=labels, random_state=cfg.seed)
     train, val = _carve_val(rest, labels, cfg.val_size, cfg.seed)
@@ -44,6 +47,8 @@ def split_kfold(labels: np.ndarray, corpus: Corpus, cfg) -> dict[str, np.ndarray
         raise ValueError(
             f"split.fold={cfg.fold} is outside 0..{cfg.n_folds - 1} (split.n_folds={cfg.n_folds})"
         )
+    from sklearn.model_selection import StratifiedKFold
+
     folds = StratifiedKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.seed).split(labels, labels)
     rest, test = list(folds)[cfg.fold]
     train, val = _carve_val(rest, labels, cfg.val_size, cfg.seed)

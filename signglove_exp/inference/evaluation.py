@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from signglove_exp import data
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.metrics import classification_metrics
-from signglove_exp.reporting import figures
 
 
 def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus, list[int], str]:
@@ -52,6 +50,10 @@ def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus
 
 
 def evaluate(rec: Recognizer, corpus: data.Corpus, idx: list[int], out_dir: Path) -> tuple[dict, list[Path]]:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # not on the calibrate path
+
+    from signglove_exp.reporting import figures
+
     episodes = [corpus.episodes[i] for i in idx]
     probs = rec.probabilities([e.values for e in episodes], [e.signer for e in episodes])
     y_true, y_pred = np.array([e.label for e in episodes]), probs.argmax(1)
