@@ -206,6 +206,37 @@ def test_prototype_calibration_is_the_nearest_class_mean_on_the_embedding(corpus
     assert evaluate(tuned, tuned_card, [raw[i] for i in rest], labels[rest])["acc"] > 0
 
 
+def test_adabn_sets_every_batch_norm_to_the_new_signers_statistics_and_refuses_a_network_without(corpus):
+    from dataclasses import replace
+
+    gru_card = read_checkpoint(PRETRAINED)[0]
+    card = replace(gru_card, model={"name": "ms3d_gru", "n_channels": 8, "n_classes": 24})
+    torch.manual_seed(0)
+    net = card.build_net()
+    raw, labels = signer_episodes(corpus, "JY")
+    calib = data.draw_shots(labels, 2, seed=0)[0]
+    shots, labels = [raw[i] for i in calib], labels[calib]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    seen = []  # what each batch norm reads, on the new signer's episodes
+    hooks = [m.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for m in norms]
+    with torch.no_grad():
+        net(*(torch.from_numpy(a) for a in data.model_inputs(shots, card)))
+    for h in hooks:
+        h.remove()
+    tuned, _ = adapt(net, card, shots, labels, "adabn", {})
+    tuned_norms = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    # the first layer's input is the new signer's alone; later ones follow the re-estimated first
+    b, cc, t = seen[0].shape
+    per_channel = seen[0].view(b, cc // norms[0].num_features, norms[0].num_features, t).transpose(1, 2)
+    per_channel = per_channel.reshape(b, norms[0].num_features, -1)
+    expected = per_channel.mean((0, 2))
+    torch.testing.assert_close(tuned_norms[0].running_mean, expected, atol=1e-5, rtol=1e-4)
+    assert all(not torch.equal(a.running_var, m.running_var) for a, m in zip(tuned_norms, norms, strict=True))
+    assert all(m.momentum == 0.1 and not m.training for m in tuned_norms) and net is not tuned
+    with pytest.raises(ValueError, match="adabn: gru has no batch norm to re-estimate"):
+        adapt(Recognizer.from_checkpoint(PRETRAINED).net, gru_card, shots, labels, "adabn", {})
+
+
 def test_a_method_step_carries_its_own_settings_and_a_bad_one_is_named(corpus):
     """`finetune_all:epochs=3:lr=0.003:label_smoothing=0.1` trains exactly as those settings given
     for every step would; the settings differ from the defaults, so the weights must differ too."""

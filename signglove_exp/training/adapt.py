@@ -65,6 +65,27 @@ def renorm(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module,
     return net, replace(card, scaler=data.fit_scaler(values, names, card.seq_len), preprocess=preprocess)
 
 
+@adaptation("adabn")
+@torch.no_grad()
+def adabn(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
+    """Batch-norm statistics re-estimated on the new signer's episodes (labels unused; AdaBN): the
+    MS3D towers then see that person's feature scales as the training signers' were. A network without
+    batch norm is refused, not returned unchanged under a name that says it adapted."""
+    net = copy.deepcopy(net).eval()
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise ValueError(f"adabn: {card.name} has no batch norm to re-estimate")
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: one pass over all the episodes sets it
+        m.train()
+    net(*(torch.from_numpy(a) for a in data.model_inputs(episodes, card)))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return net.eval(), card
+
+
 def _last_linear(net: nn.Module) -> nn.Linear:
     return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
 
