@@ -95,7 +95,8 @@ def test_augmentation_is_seeded_keeps_padding_and_mixes_targets():
         "mean": [800.0, 10.0, -40.0],
         "scale": [30.0, 25.0, 60.0],
     }
-    strengths = {"jitter": 0.1, "gain": 0.2, "offset": 0.3, "rotate": 10.0, "time_warp": 0.2, "mixup": 0.4}
+    strengths = {"jitter": 0.1, "gain": 0.2, "offset": 0.3, "rotate": 10.0, "drift": 5.0, "sensor_fault": 0.5}
+    strengths |= {"time_warp": 0.2, "mixup": 0.4}
     aug = Augmenter(strengths, 7, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
     x, lengths = torch.randn(16, 87, 3), torch.randint(20, 81, (16,))
     x[torch.arange(87) >= lengths.unsqueeze(1)] = 0.0
@@ -109,6 +110,18 @@ def test_augmentation_is_seeded_keeps_padding_and_mixes_targets():
     preset = compose_config("augment=signer").augment
     built = Augmenter(dict(preset), 0, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
     assert [name for name, _ in built.steps] == ["jitter", "gain", "offset", "rotate", "time_warp"]
+    padding = {"value": 0.0, "units": "scaled"}
+    failing = Augmenter({"sensor_fault": 1.0}, 0, scaler["channels"], scaler, padding)(
+        x, lengths, y, 4, 0, 0
+    )[0]
+    for got, was, n in zip(failing, x, lengths, strict=True):  # flex1 reads one value; the IMU as it was
+        assert got[:n, 0].unique().numel() == 1 and not torch.equal(got[:n, 0], was[:n, 0])
+        assert torch.equal(got[:n, 1:], was[:n, 1:])
+    drifted = Augmenter({"drift": 5.0}, 0, scaler["channels"], scaler, padding)(x, lengths, y, 4, 0, 0)[0]
+    moved = drifted - x
+    assert (moved[:, 0, :] == 0).all() and (
+        moved[:, :, 0] == 0
+    ).all()  # from the first sample; flex untouched
     with pytest.raises(ValueError, match="augment.jitter=-1"):
         Augmenter({"jitter": -1}, 0, scaler["channels"], scaler, {"value": 0.0, "units": "scaled"})
 

@@ -64,6 +64,34 @@ def rotate(batch: Batch, s: float, gen: torch.Generator, aug: Augmenter) -> Batc
     return x + s * _normal((len(x), 1, x.shape[2]), gen) * per_degree, lengths, y
 
 
+@augmentation("drift")
+def drift(batch: Batch, s: float, gen: torch.Generator, aug: Augmenter) -> Batch:
+    """An IMU that drifts: pitch, roll and yaw each move linearly over the episode, by N(0, s) degrees
+    from its first sample to its last."""
+    x, lengths, y = batch
+    if not aug.per_degree.any():
+        return batch
+    ramp = torch.arange(x.shape[1]).unsqueeze(0) / (lengths - 1).clamp(min=1).unsqueeze(1)
+    total = s * _normal((len(x), 1, x.shape[2]), gen) * aug.per_degree
+    return x + ramp.clamp(max=1).unsqueeze(2) * total, lengths, y
+
+
+@augmentation("sensor_fault")
+def sensor_fault(batch: Batch, s: float, gen: torch.Generator, aug: Augmenter) -> Batch:
+    """A flex sensor that fails: with probability `s` an episode has one flex sensor reading a single
+    value throughout, drawn from N(0, 3) in scaled units: stuck mid-range, saturated far above, or
+    dropped far below its range."""
+    x, lengths, y = batch
+    flex = aug.flex.nonzero().flatten()
+    if not len(flex):
+        return batch
+    failing = torch.rand(len(x), generator=gen) < s
+    which = flex[torch.randint(len(flex), (len(x),), generator=gen)]
+    reading = 3 * _normal((len(x),), gen)
+    mask = failing.view(-1, 1) & (torch.arange(x.shape[2]) == which.view(-1, 1))
+    return torch.where(mask.unsqueeze(1), reading.view(-1, 1, 1), x), lengths, y
+
+
 @augmentation("time_warp")
 def time_warp(batch: Batch, s: float, gen: torch.Generator, aug: Augmenter) -> Batch:
     """Signing faster or slower: each episode's real part resampled (linear) to its length times a
@@ -125,6 +153,7 @@ class Augmenter:
         mean, std = torch.tensor(scaler["mean"]), torch.tensor(scaler["scale"])
         fill = torch.full_like(mean, float(padding["value"]))
         self.padding = ((fill - mean) / std if padding["units"] == "raw" else fill).float()  # scaled units
+        self.flex = torch.tensor([f.startswith("flex") for f in features])
         self.per_degree = torch.tensor(
             [1.0 / s if f in self.ANGLES else 0.0 for f, s in zip(features, scaler["scale"], strict=True)],
             dtype=torch.float32,
