@@ -7,6 +7,7 @@ checkpoints load as they are. Knows nothing of Lightning, Hydra, MLflow or files
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import numpy as np
@@ -202,17 +203,106 @@ class _MS3D(nn.Module):
         self.cnn_post = nn.Sequential(
             GridBatchNorm3d(width), nn.ReLU(), GridMaxPool(time_pool, rows * cols), nn.Dropout3d(dropout)
         )
+        self.folded: FoldedFront | None = None  # set on an inference copy by `fold`
+
+    def on_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, cells, T); channel c in cell (c // cols, c % cols), empty cells zero (the
+        mean, in scaled units)."""
+        b, t, c = x.shape
+        n = self.grid[0] * self.grid[1]
+        if c < n:
+            x = torch.cat([x, x.new_zeros(b, t, n - c)], dim=2)
+        return x.transpose(1, 2)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C) -> (B, T // time_pool, filters * towers); channel c in cell (c // cols, c % cols)."""
-        b, t, c = x.shape
-        rows, cols = self.grid
-        if c < rows * cols:  # empty grid cells hold zeros (the mean, in scaled units)
-            x = torch.cat([x, x.new_zeros(b, t, rows * cols - c)], dim=2)
-        n = rows * cols
-        towers = [getattr(self, f"tower{i}")(x.transpose(1, 2)) for i in range(1, self.n_towers + 1)]
+        """(B, T, C) -> (B, T // time_pool, filters * towers)."""
+        if self.folded is not None:
+            return self.folded(self.on_grid(x))
+        b, t, _ = x.shape
+        n = self.grid[0] * self.grid[1]
+        x = self.on_grid(x)
+        towers = [getattr(self, f"tower{i}")(x) for i in range(1, self.n_towers + 1)]
         out = torch.cat([y.view(b, n, -1, t) for y in towers], dim=2).view(b, -1, t)  # cells, then filters
         return self.cnn_post(out).flatten(2).transpose(1, 2)
+
+
+def batch_norm_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per feature that an eval-mode batch norm applies."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+class FoldedGridConv(nn.Module):
+    """A GridConv3d and the batch norm after it, in eval mode, as one dense convolution over time:
+    every (cell, filter) from every (cell, channel), out-of-reach weights zero. More multiply-adds
+    than the row blocks, but one operator: faster where per-operator cost dominates (one episode in
+    ONNX Runtime). `filter_major` orders the outputs (filter, cell) instead of (cell, filter)."""
+
+    def __init__(self, conv: GridConv3d, bn: nn.BatchNorm3d, filter_major: bool = False):
+        super().__init__()
+        w = conv.cell_weights()  # (out cells, filters, in cells, channels, k)
+        n, f, _, c, k = w.shape
+        scale, shift = batch_norm_affine(bn)
+        w = w * scale.view(1, f, 1, 1, 1)
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        bias = bias.expand(n, f)
+        if filter_major:
+            w, bias = w.transpose(0, 1), bias.t()
+        self.register_buffer("weight", w.reshape(n * f, n * c, k).contiguous())
+        self.register_buffer("bias", bias.reshape(-1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight, self.bias, padding=self.weight.shape[2] // 2)
+
+
+class FoldedFront(nn.Module):
+    """An MS3D network's front (towers, batch norm, ReLU, max over cells, time pooling) rewritten
+    exactly for inference: each tower's batch norms folded into its convolutions, and the batch norm
+    and ReLU after the towers applied after the max over cells, on 1/cells of the values. That swap
+    is exact: a per-filter affine map with positive scale is increasing, so it commutes with the
+    max; a filter with negative scale takes the max of the negated values instead."""
+
+    def __init__(self, net: _MS3D):
+        super().__init__()
+        self.n_cells = net.grid[0] * net.grid[1]
+        self.time_pool = net.time_pool
+        towers = []
+        for i in range(1, net.n_towers + 1):
+            layers = list(getattr(net, f"tower{i}"))  # (conv, batch norm, ReLU) once or twice
+            folded = []
+            for j in range(0, len(layers), 3):
+                last = j + 3 == len(layers)
+                folded += [FoldedGridConv(layers[j], layers[j + 1], filter_major=last), nn.ReLU()]
+            towers.append(nn.Sequential(*folded))
+        self.towers = nn.ModuleList(towers)
+        scale, shift = batch_norm_affine(net.cnn_post[0])
+        self.register_buffer("sign", torch.where(scale < 0, -1.0, 1.0).view(-1, 1, 1))
+        self.flips = bool((scale < 0).any())
+        self.register_buffer("scale", scale.abs().view(-1, 1))
+        self.register_buffer("shift", shift.view(-1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cells, T) -> (B, T // time_pool, filters * towers)."""
+        out = torch.cat([tower(x) for tower in self.towers], dim=1)  # (B, filters * cells, T)
+        b, _, t = out.shape
+        out = out.view(b, -1, self.n_cells, t)
+        if self.flips:
+            out = out * self.sign
+        out = torch.relu(out.max(dim=2).values * self.scale + self.shift)
+        if self.time_pool > 1:
+            out = F.max_pool1d(out, self.time_pool)
+        return out.transpose(1, 2)
+
+
+@torch.no_grad()
+def fold(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of `net` computing the same outputs with fewer operators (`FoldedFront` for
+    the MS3D models; the recurrent ones are returned as copies). For inference and export only: the
+    copy cannot be trained, and its state dict is not a checkpoint's."""
+    folded = copy.deepcopy(net).eval()
+    if isinstance(folded, _MS3D):
+        folded.folded = FoldedFront(folded)
+    return folded
 
 
 class MS3DGRU(_MS3D):

@@ -240,6 +240,8 @@ def test_export_of_a_run_goes_beside_its_cached_checkpoint(cli_run, tmp_path, mo
     assert path == folder / f"{Recognizer.from_onnx(path).card.name}.onnx" and path.is_file()
     assert Recognizer.from_onnx(path).card == Recognizer.load(ckpt).card
     assert list(cwd.iterdir()) == []
+    with pytest.raises(ValueError, match="int8: gru has no convolutions to quantize"):
+        export.main([str(ckpt), "--int8", "16", "--out", str(tmp_path / "int8.onnx")])
 
 
 def test_recognition_from_a_run_id_reproduces_its_logged_test_accuracy(cli_run, test_split, tmp_path):

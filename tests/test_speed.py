@@ -1,5 +1,6 @@
 """The fast paths compute the same model: grid convolutions against upstream's Conv3d on real
-episodes, recurrences stopped at the last read step, the thread policy, and the benchmark's baseline."""
+episodes, the folded inference form, recurrences stopped at the last read step, the thread policy,
+the benchmarks' baselines, and int8 convolutions that keep upstream's accuracy."""
 
 import os
 
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from signglove_exp import data
+from signglove_exp.bench import main as bench
 from signglove_exp.bench_train import main as bench_train
 from signglove_exp.benchmarks.upstream_recipe import run as upstream_run
 from signglove_exp.benchmarks.upstream_recipe import upstream_net
-from signglove_exp.models import build_model
+from signglove_exp.models import build_model, fold
 from signglove_exp.training.train import cpu_threads
 from tests.conftest import compose_config, episodes_root
 
@@ -78,6 +80,34 @@ def test_grid_convolutions_are_exact_in_double_precision(name):
     ga = torch.autograd.grad(a.square().sum(), list(ours.parameters()))
     gb = torch.autograd.grad(b.square().sum(), list(reference.parameters()))
     assert max(float((p - q).abs().max()) for p, q in zip(ga, gb, strict=True)) < 1e-10
+
+
+@pytest.mark.parametrize("grid", [None, (3, 3)])
+@pytest.mark.parametrize("name", MS3D)
+def test_the_folded_inference_form_is_exact_in_double_precision(name, grid):
+    torch.manual_seed(0)
+    net = build_model(name, grid=grid).double()
+    for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)):
+        bn.weight.data.normal_()  # negative scales too: the max over cells must take the other side
+        bn.bias.data.normal_(), bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2.0)
+    assert any((m.weight < 0).any() for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    net.eval()
+    x, lengths = torch.randn(16, 87, 8, dtype=torch.float64), torch.randint(1, 88, (16,))
+    folded = fold(net)
+    with torch.no_grad():
+        assert (folded(x, lengths) - net(x, lengths)).abs().max() < 1e-12
+    n_ops = sum(1 for m in folded.folded.modules() if not list(m.children()))
+    assert n_ops < sum(1 for m in (*net.cnn_post, *net.tower1) if not list(m.children())) * net.n_towers
+
+
+def test_int8_convolutions_keep_upstreams_accuracy():
+    table = bench(["--models", "ms3d_gru", "--repeats", "4"])
+    rows = {
+        r.split(" | ")[1]: float(r.split(" | ")[2]) for r in table.splitlines() if r.startswith("| ms3d_gru")
+    }
+    assert set(rows) == {"PyTorch eager", "ONNX Runtime", "ONNX Runtime int8"}
+    assert rows["PyTorch eager"] == rows["ONNX Runtime"] == 0.9913  # upstream's claim, folded or not
+    assert rows["ONNX Runtime int8"] >= 0.985
 
 
 @pytest.mark.parametrize("name", ["gru", "stacked_gru", *MS3D])

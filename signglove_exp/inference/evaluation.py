@@ -17,8 +17,10 @@ from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.metrics import classification_metrics
 
 
-def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus, list[int], str]:
-    """The usable episodes of `root`, or of the model's own test split when root is None."""
+def episodes_to_evaluate(
+    rec: Recognizer, root: str | None, part: str = "test"
+) -> tuple[data.Corpus, list[int], str]:
+    """The usable episodes of `root`, or of the model's own split's `part` when root is None."""
     cfg = OmegaConf.create(rec.card.config)
     if root is None:
         corpus = data.load_corpus(
@@ -33,7 +35,7 @@ def episodes_to_evaluate(rec: Recognizer, root: str | None) -> tuple[data.Corpus
                 f"{cfg.data.root} no longer holds the episodes this model was trained on (data "
                 "fingerprint differs): pass --data to evaluate on it as new data"
             )
-        return corpus, data.split(corpus, cfg.split)["test"], f"test split of {cfg.data.root}"
+        return corpus, data.split(corpus, cfg.split)[part], f"{part} split of {cfg.data.root}"
     # an episode is what its training took as one (data.min_len)
     corpus = data.load_corpus(root, rec.classes, rec.channels, cfg.data.min_len, cfg.data.signer_prefix)
     misfits = corpus.unlabelled + [(p, r) for p, r in corpus.rejected if r.startswith("missing column")]
