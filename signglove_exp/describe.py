@@ -18,7 +18,13 @@ def describe(path: str | Path) -> dict:
     from signglove_exp.card import CARD_KEY, load_checkpoint_file, read_card
 
     if Path(path).suffix == ".onnx":
-        return {"source": "ONNX model", **read_card(path).to_dict()}
+        import onnx
+
+        from signglove_exp.inference.onnx_export import WEIGHTS_KEY
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        weights = props.get(WEIGHTS_KEY, "float32")  # files from before the key were float32
+        return {"source": f"ONNX model, {weights}", **read_card(path).to_dict()}
     ckpt = load_checkpoint_file(path)
     if CARD_KEY in ckpt:
         return {"source": "signglove-exp checkpoint", **read_card(ckpt).to_dict(), "epoch": ckpt.get("epoch")}

@@ -7,13 +7,19 @@ import os
 import pytest
 import torch
 
-from signglove_exp import data
+from signglove_exp import BUNDLED_DIR, data
+from signglove_exp.bench import CHECKPOINTS
 from signglove_exp.bench import main as bench
 from signglove_exp.bench_train import main as bench_train
 from signglove_exp.benchmarks.upstream_recipe import run as upstream_run
 from signglove_exp.benchmarks.upstream_recipe import upstream_net
+from signglove_exp.card import CARD_KEY
+from signglove_exp.describe import describe
+from signglove_exp.export import main as export
 from signglove_exp.models import build_model, fold
 from signglove_exp.training.train import cpu_threads
+from signglove_exp.upstream.convert import import_checkpoint
+from signglove_exp.upstream.scaler import read_scaler_pickle
 from tests.conftest import compose_config, episodes_root
 
 MS3D = ("ms3d_gru", "ms3d_stacked_gru")
@@ -100,7 +106,7 @@ def test_the_folded_inference_form_is_exact_in_double_precision(name, grid):
     assert n_ops < sum(1 for m in (*net.cnn_post, *net.tower1) if not list(m.children())) * net.n_towers
 
 
-def test_int8_convolutions_keep_upstreams_accuracy():
+def test_int8_convolutions_keep_upstreams_accuracy(tmp_path):
     table = bench(["--models", "ms3d_gru", "--repeats", "4"])
     rows = {
         r.split(" | ")[1]: float(r.split(" | ")[2]) for r in table.splitlines() if r.startswith("| ms3d_gru")
@@ -108,6 +114,14 @@ def test_int8_convolutions_keep_upstreams_accuracy():
     assert set(rows) == {"PyTorch eager", "ONNX Runtime", "ONNX Runtime int8"}
     assert rows["PyTorch eager"] == rows["ONNX Runtime"] == 0.9913  # upstream's claim, folded or not
     assert rows["ONNX Runtime int8"] >= 0.985
+
+    cfg = compose_config()  # the same through the commands, from a checkpoint with a card
+    scaler = read_scaler_pickle(BUNDLED_DIR / "legacy" / "scaler.pkl", list(cfg.data.channels))
+    net, card = import_checkpoint(BUNDLED_DIR / "legacy" / CHECKPOINTS["ms3d_gru"], scaler, cfg)
+    torch.save({"state_dict": net.state_dict(), CARD_KEY: card.to_dict()}, tmp_path / "m.ckpt")
+    path = export(["--int8", "32", str(tmp_path / "m.ckpt")])
+    assert describe(path)["source"] == "ONNX model, int8 convolutions, calibrated on 32 episodes"
+    assert describe(export([str(tmp_path / "m.ckpt")]))["source"] == "ONNX model, float32"
 
 
 @pytest.mark.parametrize("name", ["gru", "stacked_gru", *MS3D])
