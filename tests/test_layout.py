@@ -38,6 +38,18 @@ def test_every_model_with_every_data_preset_composes_and_builds(model, data, tmp
     instantiate(cfg.optimizer)(net.parameters())
 
 
+def test_the_bf16_trainer_preset_runs_the_convolutions_in_bfloat16(tmp_path):
+    cfg = compose_config("trainer=cpu_bf16", "model=ms3d_gru", f"paths.output_dir={tmp_path}")
+    trainer = instantiate(cfg.trainer, logger=False, default_root_dir=str(tmp_path))
+    net = build_model(**OmegaConf.to_container(cfg.model))
+    seen = []
+    net.tower1[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    with trainer.precision_plugin.forward_context():
+        logits = net(torch.zeros(2, 87, 8), torch.tensor([87, 5]))
+    assert seen == [torch.bfloat16] and net.tower1[0].weight.dtype == torch.float32
+    assert logits.shape == (2, 24) and cfg.trainer.max_epochs == 100  # the rest is trainer=cpu
+
+
 @pytest.mark.parametrize("split", options("split"))
 def test_every_split_preset_composes_to_a_registered_strategy(split):
     """Split presets interpolate nothing of the model or data groups, so one composition each."""
