@@ -171,6 +171,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all four)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per process; the first is not counted")
     ap.add_argument("--repeats", type=int, default=3, help="processes per model and side (default 3)")
+    ap.add_argument(
+        "--trainer",
+        default="cpu",
+        help="this project's trainer preset in the per-epoch runs (default cpu; cpu_bf16: bfloat16)",
+    )
     ap.add_argument("--sweep", action="store_true", help="also time the four-model sweep (about an hour)")
     ap.add_argument("--max-epochs", type=int, default=100, help="epoch limit of --sweep (default 100)")
     args = ap.parse_args(argv)
@@ -189,13 +194,21 @@ def main(argv: list[str] | None = None) -> str:
             for m in models:
                 sides = {
                     "upstream recipe": upstream(m, outputs, timer, args.epochs),
-                    "signglove-exp": ours(m, work, outputs, timer, f"trainer.max_epochs={args.epochs}"),
+                    "signglove-exp": ours(
+                        m,
+                        work,
+                        outputs,
+                        timer,
+                        f"trainer={args.trainer}",
+                        f"trainer.max_epochs={args.epochs}",
+                    ),
                 }
                 for side in sorted(sides, reverse=rep % 2 == 1):
                     results[m][side].append(timed(sides[side], timer))
                     print(f"repeat {rep + 1}/{args.repeats}, {m}, {side}: done", file=sys.stderr, flush=True)
         tables = [
-            f"{os.cpu_count()} CPUs; {args.repeats} runs a cell, {args.epochs - 1} counted epoch(s) each",
+            f"{os.cpu_count()} CPUs; {args.repeats} runs a cell, {args.epochs - 1} counted epoch(s) each; "
+            f"this project with trainer={args.trainer}",
             "",
             *epoch_table(results, models),
             "",
