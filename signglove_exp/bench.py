@@ -5,8 +5,8 @@ ONNX Runtime, float32 and, for the MS3D models, with 8-bit convolutions.
 
 The networks are upstream's four trained checkpoints (one per architecture, bundled), run as upstream
 ran them, on upstream's reference test split, so each engine's accuracy sits beside its speed. The
-engines of one model are timed interleaved, call by call, one episode at a time and in batches of
-64 (batch time / 64); p50 and p99 per episode. The int8 graph is calibrated on 256 episodes of the
+engines of one model are timed interleaved, in turns of 20 calls, one episode at a time and in
+batches of 64 (batch time / 64); p50 and p99 per episode. The int8 graph is calibrated on 256 episodes of the
 training part (`python -m signglove_exp.export MODEL --int8 256`).
 """
 
@@ -62,8 +62,6 @@ def main(argv: list[str] | None = None) -> str:
 
     import torch
 
-    threads = args.onnx_threads
-
     from signglove_exp import data
     from signglove_exp.export import calibration_inputs
     from signglove_exp.inference.evaluation import episodes_to_evaluate
@@ -73,6 +71,7 @@ def main(argv: list[str] | None = None) -> str:
     from signglove_exp.upstream.convert import import_checkpoint
     from signglove_exp.upstream.scaler import read_scaler_pickle
 
+    threads = args.onnx_threads
     cfg = compose()
     scaler = read_scaler_pickle(BUNDLED_DIR / "legacy" / "scaler.pkl", list(cfg.data.channels))
     lines = [
