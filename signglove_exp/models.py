@@ -157,20 +157,82 @@ class GridBatchNorm3d(nn.BatchNorm3d):
         return super().forward(per_cell).view(b, cc, t)
 
 
-class GridMaxPool(nn.Module):
-    """Upstream's MaxPool3d((time_pool, rows, cols)) on (batch, cells * channels, n_timepoints),
-    returning (batch, channels, n_timepoints // time_pool, 1, 1) as that pool did."""
+class _NormReluMax(torch.autograd.Function):
+    """Training-mode batch norm, ReLU and max over cells (`GridPost`), computed with the max first.
 
-    def __init__(self, time_pool: int, n_cells: int):
-        super().__init__()
-        self.time_pool, self.n_cells = time_pool, n_cells
+    Forward, the batch statistics need one read of the (batch, cells, filters, T) input; the max over
+    cells needs another; the affine map and ReLU then run on 1/cells of the values. Backward is
+    written out: the statistics' gradient is one per-filter `x * a + c` pass, and the max's gradient
+    goes to the cells holding the max (shared between tied cells, as `amax` does). No normalised or
+    ReLU copy of the big tensor is written or kept.
+    """
+
+    @staticmethod
+    def forward(ctx, v, weight, bias, bn: nn.BatchNorm3d, momentum: float):
+        b, n, f, t = v.shape
+        with torch.no_grad():  # the same kernel and running-statistics update as nn.BatchNorm3d
+            mean, var = torch.batch_norm_update_stats(
+                v.view(b * n, f, t), bn.running_mean, bn.running_var, momentum
+            )
+        rstd = torch.rsqrt(var + bn.eps)
+        scale = weight * rstd
+        shift = bias - mean * scale
+        pooled = v.amax(dim=1)
+        if (scale < 0).any():  # those filters' affine map is decreasing: their max comes from the min
+            pooled = torch.where((scale >= 0).view(f, 1), pooled, v.amin(dim=1))
+        y = torch.relu(pooled * scale.view(f, 1) + shift.view(f, 1))
+        ctx.save_for_backward(v, weight, mean, rstd, pooled, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        v, weight, mean, rstd, pooled, y = ctx.saved_tensors
+        b, n, f, t = v.shape
+        count = b * n * t
+        gz = gy * (y > 0)
+        g_shift = gz.sum(dim=(0, 2))
+        g_scale = (gz * pooled).sum(dim=(0, 2))
+        g_affine = g_scale - g_shift * mean  # d loss / d (weight * rstd), through scale and shift
+        g_var = -0.5 * g_affine * weight * rstd**3
+        g_mean = -g_shift * weight * rstd
+        a = 2 * g_var / count
+        c = g_mean / count - mean * a
+        gv = torch.eq(v, pooled.unsqueeze(1), out=torch.empty_like(v))  # 1.0 at each cell holding the max
+        gv.mul_((gz * (weight * rstd).view(f, 1)).unsqueeze(1) / gv.sum(dim=1, keepdim=True))
+        gv.addcmul_(v, a.view(f, 1)).add_(c.view(f, 1))
+        return gv, g_affine * rstd, g_shift, None, None
+
+
+class GridPost(nn.Sequential):
+    """Upstream's layers after the towers, BatchNorm3d -> ReLU -> MaxPool3d((time_pool, rows, cols))
+    -> Dropout3d, on (batch, cells * filters, T) -> (batch, filters, T // time_pool, 1, 1). Only the
+    batch norm has state, at index 0 as in upstream's `cnn_post.0.*` keys.
+
+    A per-filter affine map with positive scale commutes with a max (negative scale: with a min), so
+    the max over cells is taken first and the batch norm's affine map and the ReLU run on 1/cells of
+    the values: the same outputs, with fewer passes over the big tensor forward and backward. Training
+    mode uses the batch's statistics and updates the running ones as nn.BatchNorm3d does.
+    """
+
+    def __init__(self, width: int, n_cells: int, time_pool: int, dropout: float):
+        super().__init__(GridBatchNorm3d(width), nn.Dropout3d(dropout))
+        self.n_cells, self.time_pool = n_cells, time_pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, cc, t = x.shape
-        pooled = x.view(b, self.n_cells, cc // self.n_cells, t).max(dim=1).values
+        bn, dropout = self
+        b, cf, t = x.shape
+        v = x.view(b, self.n_cells, cf // self.n_cells, t)
+        if bn.training:
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            pooled = _NormReluMax.apply(v, bn.weight, bn.bias, bn, momentum)
+        else:
+            scale, shift = batch_norm_affine(bn)
+            pooled = torch.where((scale >= 0).view(-1, 1), v.amax(dim=1), v.amin(dim=1))
+            pooled = torch.relu(pooled * scale.view(-1, 1) + shift.view(-1, 1))
         if self.time_pool > 1:
             pooled = F.max_pool1d(pooled, self.time_pool)
-        return pooled.view(*pooled.shape, 1, 1)
+        return dropout(pooled.view(*pooled.shape, 1, 1))
 
 
 def recurrent_steps(lengths: torch.Tensor, n_steps: int, pool: int, readout: str) -> int:
@@ -194,15 +256,21 @@ class _MS3D(nn.Module):
             raise ValueError(f"{n_channels} channels do not fit a {rows} x {cols} grid")
         self.n_channels, self.grid, self.time_pool = n_channels, (rows, cols), time_pool
         for i, k in enumerate(kernels, start=1):
-            layers = [GridConv3d(1, filters, k, (rows, cols)), GridBatchNorm3d(filters), nn.ReLU()]
+            layers = [
+                GridConv3d(1, filters, k, (rows, cols)),
+                GridBatchNorm3d(filters),
+                nn.ReLU(inplace=True),
+            ]
             if stacked_towers:
-                layers += [GridConv3d(filters, filters, 3, (rows, cols)), GridBatchNorm3d(filters), nn.ReLU()]
+                layers += [
+                    GridConv3d(filters, filters, 3, (rows, cols)),
+                    GridBatchNorm3d(filters),
+                    nn.ReLU(inplace=True),
+                ]
             setattr(self, f"tower{i}", nn.Sequential(*layers))
         self.n_towers = len(kernels)
         width = filters * len(kernels)
-        self.cnn_post = nn.Sequential(
-            GridBatchNorm3d(width), nn.ReLU(), GridMaxPool(time_pool, rows * cols), nn.Dropout3d(dropout)
-        )
+        self.cnn_post = GridPost(width, rows * cols, time_pool, dropout)
         self.folded: FoldedFront | None = None  # set on an inference copy by `fold`
 
     def on_grid(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,14 +78,20 @@ def test_grid_convolutions_are_upstreams_conv3d_on_real_episodes(name, val_array
 
 
 @pytest.mark.parametrize("name", MS3D)
-def test_grid_convolutions_are_exact_in_double_precision(name):
+def test_grid_convolutions_and_max_first_batch_norm_train_exactly_in_double_precision(name):
     ours, reference = pair(name, torch.float64, dropout=0.0)
-    x, lengths = torch.randn(16, 87, 8, dtype=torch.float64), torch.randint(1, 88, (16,))
-    a, b = ours(x, lengths), reference(x, lengths)
-    assert (a - b).abs().max() < 1e-12
-    ga = torch.autograd.grad(a.square().sum(), list(ours.parameters()))
-    gb = torch.autograd.grad(b.square().sum(), list(reference.parameters()))
-    assert max(float((p - q).abs().max()) for p, q in zip(ga, gb, strict=True)) < 1e-10
+    ours.cnn_post[0].weight.data.normal_()  # negative scales: the max over cells becomes a min
+    assert (ours.cnn_post[0].weight < 0).any()
+    reference.load_state_dict(ours.state_dict())
+    for _ in range(2):  # training mode: batch statistics, running statistics updated
+        x, lengths = torch.randn(16, 87, 8, dtype=torch.float64), torch.randint(1, 88, (16,))
+        a, b = ours(x, lengths), reference(x, lengths)
+        assert (a - b).abs().max() < 1e-12
+        ga = torch.autograd.grad(a.square().sum(), list(ours.parameters()))
+        gb = torch.autograd.grad(b.square().sum(), list(reference.parameters()))
+        assert max(float((p - q).abs().max()) for p, q in zip(ga, gb, strict=True)) < 1e-10
+    for key, value in reference.state_dict().items():
+        assert (ours.state_dict()[key] - value).abs().max() < 1e-12, key
 
 
 @pytest.mark.parametrize("grid", [None, (3, 3)])
