@@ -444,6 +444,11 @@ def build_model(name: str, **hparams) -> nn.Module:
     return ARCHITECTURES[name](**hparams)
 
 
+def last_linear(net: nn.Module) -> nn.Linear:
+    """The classifier's output layer: what it reads is the network's embedding of an episode."""
+    return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -22,6 +22,7 @@ from signglove_exp.inference.pyfunc_model import GlovePyfunc
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.training.adapt import adapt, evaluate
 from signglove_exp.training.augment import Augmenter
+from signglove_exp.training.module import Classifier, supervised_contrastive
 from signglove_exp.training.train import train
 from tests.conftest import compose_config, episodes_root, run_sweep
 
@@ -125,6 +126,29 @@ def test_augmentation_is_seeded_keeps_padding_and_mixes_targets():
         Augmenter({"jitter": -1}, 0, scaler["channels"], scaler, padding)
 
 
+def test_the_supervised_contrastive_term_is_khoslas_loss_and_refuses_mixed_labels():
+    gen = torch.Generator().manual_seed(0)
+    e, t = torch.randn(12, 5, generator=gen, dtype=torch.float64), 0.2
+    y = torch.tensor([0, 0, 1, 1, 1, 2] * 2)
+    z = e / e.norm(dim=1, keepdim=True)
+    terms = []
+    for i in range(len(z)):  # the paper's sum, anchor by anchor
+        others = [a for a in range(len(z)) if a != i]
+        below = sum(torch.exp(z[i] @ z[a] / t) for a in others)
+        positives = [p for p in others if y[p] == y[i]]
+        terms += [-sum(torch.log(torch.exp(z[i] @ z[p] / t) / below) for p in positives) / len(positives)]
+    torch.testing.assert_close(supervised_contrastive(e, y, t), torch.stack(terms).mean())
+    alone = e.clone().requires_grad_()  # every episode alone in its class: nothing to pull, no NaN
+    supervised_contrastive(alone, torch.arange(12), t).backward()
+    assert (alone.grad == 0).all()
+    tight = torch.cat([torch.ones(6, 5), -torch.ones(6, 5)]).double() + 0.01 * e
+    assert supervised_contrastive(tight, torch.tensor([0] * 6 + [1] * 6), t) < supervised_contrastive(e, y, t)
+    scaler = {"channels": ["flex1"], "mean": [0.0], "scale": [1.0]}
+    mixing = Augmenter({"mixup": 0.4}, 0, ["flex1"], scaler, {"value": 0.0, "units": "scaled"})
+    with pytest.raises(ValueError, match=r"loss.supcon=0.5 .* augment.mixup=0.4 .* set one of them to 0"):
+        Classifier(torch.nn.Linear(1, 2), None, None, SimpleNamespace(classes=["a", "b"]), mixing, supcon=0.5)
+
+
 @pytest.fixture(scope="module")
 def robust_run(tmp_path_factory, cache_dir):
     """A short real run with transforms, per-episode normalisation, augmentation and the few-shot grid."""
@@ -143,6 +167,7 @@ def robust_run(tmp_path_factory, cache_dir):
         "data.normalize=per_episode",
         "augment.gain=0.1",
         "augment.time_warp=0.1",
+        "loss.supcon=0.5",
         "trainer=debug",
         "calibration.shots=[2]",
         "calibration.draws=2",

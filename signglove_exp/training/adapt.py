@@ -23,6 +23,7 @@ from signglove_exp import data, registrar
 from signglove_exp.card import ModelCard
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.metrics import classification_metrics
+from signglove_exp.models import last_linear
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.finetune import freeze
 
@@ -86,15 +87,11 @@ def adabn(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, 
     return net.eval(), card
 
 
-def _last_linear(net: nn.Module) -> nn.Linear:
-    return [m for m in net.modules() if isinstance(m, nn.Linear)][-1]
-
-
 @torch.no_grad()
 def embed(net: nn.Module, card: ModelCard, episodes: list[np.ndarray]) -> torch.Tensor:
     """What the network's last linear layer reads for each episode: its embedding."""
     seen = []
-    hook = _last_linear(net).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    hook = last_linear(net).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     try:
         net.eval()
         net(*(torch.from_numpy(a) for a in data.model_inputs(episodes, card)))
@@ -108,7 +105,7 @@ def prototype(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Modu
     """Nearest class mean on the embedding, no gradient step: the last layer becomes w_c = 2 m_c,
     b_c = -|m_c|^2 (the ranking of -|e - m_c|^2). A class with no episode keeps its trained row."""
     net = copy.deepcopy(net)
-    e, last = embed(net, card, episodes), _last_linear(net)
+    e, last = embed(net, card, episodes), last_linear(net)
     for c in np.unique(labels):
         m = e[torch.from_numpy(labels == c)].mean(0)
         last.weight.data[c], last.bias.data[c] = 2 * m, -(m @ m)

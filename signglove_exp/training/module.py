@@ -14,7 +14,7 @@ from torch import nn
 
 from signglove_exp.card import CARD_KEY, ModelCard
 from signglove_exp.metrics import classification_metrics
-from signglove_exp.models import batched_logits
+from signglove_exp.models import batched_logits, last_linear
 from signglove_exp.training.augment import Augmenter
 
 
@@ -34,10 +34,23 @@ class Classifier(pl.LightningModule):
         scheduler: Callable | None,
         card: ModelCard,
         augment: Augmenter | None = None,
+        supcon: float = 0.0,
+        temperature: float = 0.1,
     ):
         super().__init__()
         self.net, self.optimizer, self.scheduler, self.card = net, optimizer, scheduler, card
         self.augment = augment if augment else None  # training batches only
+        mixup = dict(augment.steps if augment else ()).get("mixup", 0.0)
+        if supcon and mixup:
+            raise ValueError(
+                f"loss.supcon={supcon} pulls together episodes of one label, but augment.mixup={mixup} "
+                "mixes episodes of two: set one of them to 0"
+            )
+        if supcon < 0 or temperature <= 0:
+            raise ValueError(
+                f"loss.supcon={supcon}, loss.temperature={temperature}: need supcon >= 0 and temperature > 0"
+            )
+        self.supcon, self.temperature = supcon, temperature
         self.n_classes = len(card.classes)
         self.frozen = [
             m
@@ -63,7 +76,16 @@ class Classifier(pl.LightningModule):
         target = y
         if self.augment:
             x, lengths, target = self.augment(x, lengths, y, self.n_classes, self.current_epoch, batch_idx)
-        loss = self.loss(self(x, lengths), target)
+        if not self.supcon:
+            loss = self.loss(self(x, lengths), target)
+        else:
+            seen = []
+            hook = last_linear(self.net).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+            try:
+                loss = self.loss(self(x, lengths), target)
+            finally:
+                hook.remove()
+            loss = loss + self.supcon * supervised_contrastive(seen[0], y, self.temperature)
         n = len(y)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n, prog_bar=True, logger=False)
         self._train_losses.append((loss.detach() * n, n))
@@ -140,6 +162,22 @@ class Classifier(pl.LightningModule):
         self.train(was_training)
         loss = float(self.loss(logits, torch.from_numpy(y)))
         return {"loss": loss, **classification_metrics(y, logits.argmax(1).numpy())}
+
+
+def supervised_contrastive(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float):
+    """Supervised contrastive loss (Khosla et al., 2020) over a batch: each episode's embedding, on the
+    unit sphere, drawn to the batch's other episodes of its class and away from the rest, so that
+    class means separate (what prototype calibration reads). Episodes alone in their class in the
+    batch anchor nothing."""
+    z = nn.functional.normalize(embeddings, dim=1)
+    itself = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    similarity = (z @ z.T / temperature).masked_fill(itself, float("-inf"))
+    log_p = similarity - similarity.logsumexp(1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~itself
+    n_positive = positive.sum(1)
+    anchors = n_positive > 0
+    per_anchor = log_p.masked_fill(~positive, 0.0).sum(1)[anchors] / n_positive[anchors]
+    return -per_anchor.mean() if anchors.any() else embeddings.sum() * 0.0
 
 
 class ProgressBar(TQDMProgressBar):

@@ -146,9 +146,9 @@ def _train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...], launch: Launch) 
     augment = Augmenter(
         OmegaConf.to_container(cfg.augment), cfg.seed, card.preprocess["features"], card.scaler, card.padding
     )
-    module = Classifier(
-        net, instantiate(cfg.optimizer), instantiate(cfg.scheduler) if cfg.scheduler else None, card, augment
-    )
+    scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
+    loss = cfg.get("loss") or {}  # a run saved before `loss` existed resumes with cross-entropy alone
+    module = Classifier(net, instantiate(cfg.optimizer), scheduler, card, augment, **loss)
     if start.run_id is None and launch.parent():  # jobs starting in the same second: the job number tells
         cfg.tracking.run_name = f"{cfg.tracking.run_name}-job{launch.job_num}"
     tags = run_tags(cfg, prepared, start, out_dir, launch)
