@@ -20,6 +20,7 @@ from signglove_exp.card import read_checkpoint
 from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.pyfunc_model import GlovePyfunc
 from signglove_exp.inference.recognizer import Recognizer
+from signglove_exp.models import batched_logits
 from signglove_exp.training.adapt import adapt, evaluate
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.module import Classifier, supervised_contrastive
@@ -240,6 +241,11 @@ def test_prototype_calibration_is_the_nearest_class_mean_on_the_embedding(corpus
         not torch.equal(a, b)
         for a, b in zip(net.state_dict().values(), tuned.state_dict().values(), strict=True)
     )
+    # the blend adds the prototype's logits to the trained ones, `weight` times
+    blended = adapt(net, card, [raw[i] for i in calib], labels[calib], "prototype_blend:weight=0.3", {})[0]
+    inputs = data.model_inputs([raw[i] for i in rest], card)
+    trained, prototype, both = (batched_logits(m.eval(), *inputs).numpy() for m in (net, tuned, blended))
+    np.testing.assert_allclose(both, trained + 0.3 * prototype, rtol=1e-4, atol=1e-3)
     assert evaluate(tuned, tuned_card, [raw[i] for i in rest], labels[rest])["acc"] > 0
 
 

@@ -30,7 +30,7 @@ from signglove_exp.training.finetune import freeze
 Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
 ADAPTATIONS: dict[str, Method] = {}
 adaptation = registrar(ADAPTATIONS)
-TUNABLE = {"epochs": int, "lr": float, "label_smoothing": float}  # what a step may set: name:key=value
+TUNABLE = {"epochs": int, "lr": float, "label_smoothing": float, "weight": float}  # name:key=value
 
 
 def tuning(calibration) -> dict:
@@ -100,15 +100,32 @@ def embed(net: nn.Module, card: ModelCard, episodes: list[np.ndarray]) -> torch.
     return seen[0]
 
 
+def _class_means(net, card: ModelCard, episodes, labels) -> tuple[nn.Linear, dict[int, torch.Tensor]]:
+    e = embed(net, card, episodes)
+    return last_linear(net), {int(c): e[torch.from_numpy(labels == c)].mean(0) for c in np.unique(labels)}
+
+
 @adaptation("prototype")
 def prototype(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
     """Nearest class mean on the embedding, no gradient step: the last layer becomes w_c = 2 m_c,
     b_c = -|m_c|^2 (the ranking of -|e - m_c|^2). A class with no episode keeps its trained row."""
     net = copy.deepcopy(net)
-    e, last = embed(net, card, episodes), last_linear(net)
-    for c in np.unique(labels):
-        m = e[torch.from_numpy(labels == c)].mean(0)
+    last, means = _class_means(net, card, episodes, labels)
+    for c, m in means.items():
         last.weight.data[c], last.bias.data[c] = 2 * m, -(m @ m)
+    return net, card
+
+
+@adaptation("prototype_blend")
+def prototype_blend(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
+    """The trained output layer kept as a prior and the person's class means added to it: logits are
+    the trained ones plus `weight` times the prototype's (p proportional to p_trained * p_prototype ^
+    weight), so one episode per class moves the decision without replacing what training learnt."""
+    net = copy.deepcopy(net)
+    last, means = _class_means(net, card, episodes, labels)
+    for c, m in means.items():
+        last.weight.data[c] += settings["weight"] * 2 * m
+        last.bias.data[c] -= settings["weight"] * (m @ m)
     return net, card
 
 
