@@ -13,6 +13,7 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from torch import nn
 
 from signglove_exp import calibrate, data, recognize
 from signglove_exp import evaluate as evaluate_command
@@ -20,7 +21,7 @@ from signglove_exp.card import read_checkpoint
 from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.pyfunc_model import GlovePyfunc
 from signglove_exp.inference.recognizer import Recognizer
-from signglove_exp.models import batched_logits
+from signglove_exp.models import batched_logits, build_model, last_linear
 from signglove_exp.training.adapt import adapt, evaluate
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.module import Classifier, supervised_contrastive
@@ -146,6 +147,16 @@ def test_the_supervised_contrastive_term_is_khoslas_loss_and_refuses_mixed_label
     assert supervised_contrastive(tight, torch.tensor([0] * 6 + [1] * 6), t) < supervised_contrastive(e, y, t)
     scaler = {"channels": ["flex1"], "mean": [0.0], "scale": [1.0]}
     mixing = Augmenter({"mixup": 0.4}, 0, ["flex1"], scaler, {"value": 0.0, "units": "scaled"})
+    net = build_model("gru", n_channels=3, n_classes=3)  # the term is added to cross-entropy in training
+    x, lengths = torch.randn(12, 20, 3, generator=gen), torch.full((12,), 20)
+    step = Classifier(net, None, None, SimpleNamespace(classes=["a", "b", "c"]), supcon=0.5, temperature=t)
+    torch.manual_seed(0)
+    loss = step.training_step((x, lengths, y), 0)
+    torch.manual_seed(0)
+    seen = []
+    last_linear(net).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    expected = nn.functional.cross_entropy(net(x, lengths), y) + 0.5 * supervised_contrastive(seen[0], y, t)
+    torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError, match=r"loss.supcon=0.5 .* augment.mixup=0.4 .* set one of them to 0"):
         Classifier(torch.nn.Linear(1, 2), None, None, SimpleNamespace(classes=["a", "b"]), mixing, supcon=0.5)
 

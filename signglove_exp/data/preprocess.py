@@ -55,8 +55,9 @@ def to_arrays(
     padding["units"] says where padding["value"] lives: "scaled" pads after scaling (the default);
     "raw" pads in sensor units and scales the padded steps too, as upstream did.
     """
-    if padding["units"] not in ("scaled", "raw"):
-        raise ValueError(f"padding units must be 'scaled' or 'raw', not {padding['units']!r}")
+    units = padding["units"]  # read once: a config node is slow to index per episode
+    if units not in ("scaled", "raw"):
+        raise ValueError(f"padding units must be 'scaled' or 'raw', not {units!r}")
     scalers = scaler if isinstance(scaler, list) else [scaler] * len(values)
     n_features = len(scalers[0]["mean"]) if scalers else 0
     x = np.full((len(values), seq_len, n_features), padding["value"], dtype=np.float64)
@@ -64,7 +65,7 @@ def to_arrays(
     for i, (v, s) in enumerate(zip(values, scalers, strict=True)):
         mean, scale = np.asarray(s["mean"]), np.asarray(s["scale"])
         n = min(len(v), seq_len)
-        if padding["units"] == "raw":
+        if units == "raw":
             x[i, :n] = v[:n]
             x[i] = (x[i] - mean) / scale
         else:

@@ -148,7 +148,8 @@ def _train(cfg: DictConfig, callbacks: tuple[pl.Callback, ...], launch: Launch) 
     )
     scheduler = instantiate(cfg.scheduler) if cfg.scheduler else None
     loss = cfg.get("loss") or {}  # a run saved before `loss` existed resumes with cross-entropy alone
-    module = Classifier(net, instantiate(cfg.optimizer), scheduler, card, augment, **loss)
+    terms = {"supcon": loss.get("supcon", 0.0), "temperature": loss.get("temperature", 0.1)}
+    module = Classifier(net, instantiate(cfg.optimizer), scheduler, card, augment, **terms)
     if start.run_id is None and launch.parent():  # jobs starting in the same second: the job number tells
         cfg.tracking.run_name = f"{cfg.tracking.run_name}-job{launch.job_num}"
     tags = run_tags(cfg, prepared, start, out_dir, launch)
