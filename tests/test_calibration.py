@@ -128,6 +128,7 @@ def test_augmentation_is_seeded_keeps_padding_and_mixes_targets():
         Augmenter({"jitter": -1}, 0, scaler["channels"], scaler, padding)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log:UserWarning")  # a step outside a Trainer
 def test_the_supervised_contrastive_term_is_khoslas_loss_and_refuses_mixed_labels():
     gen = torch.Generator().manual_seed(0)
     e, t = torch.randn(12, 5, generator=gen, dtype=torch.float64), 0.2
