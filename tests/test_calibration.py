@@ -146,8 +146,6 @@ def test_the_supervised_contrastive_term_is_khoslas_loss_and_refuses_mixed_label
     assert (alone.grad == 0).all()
     tight = torch.cat([torch.ones(6, 5), -torch.ones(6, 5)]).double() + 0.01 * e
     assert supervised_contrastive(tight, torch.tensor([0] * 6 + [1] * 6), t) < supervised_contrastive(e, y, t)
-    scaler = {"channels": ["flex1"], "mean": [0.0], "scale": [1.0]}
-    mixing = Augmenter({"mixup": 0.4}, 0, ["flex1"], scaler, {"value": 0.0, "units": "scaled"})
     net = build_model("gru", n_channels=3, n_classes=3)  # the term is added to cross-entropy in training
     x, lengths = torch.randn(12, 20, 3, generator=gen), torch.full((12,), 20)
     step = Classifier(net, None, None, SimpleNamespace(classes=["a", "b", "c"]), supcon=0.5, temperature=t)
@@ -158,8 +156,10 @@ def test_the_supervised_contrastive_term_is_khoslas_loss_and_refuses_mixed_label
     last_linear(net).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
     expected = nn.functional.cross_entropy(net(x, lengths), y) + 0.5 * supervised_contrastive(seen[0], y, t)
     torch.testing.assert_close(loss, expected)
+    scaler = {"channels": ["flex1"], "mean": [0.0], "scale": [1.0]}
+    mixing = Augmenter({"mixup": 0.4}, 0, ["flex1"], scaler, {"value": 0.0, "units": "scaled"})
     with pytest.raises(ValueError, match=r"loss.supcon=0.5 .* augment.mixup=0.4 .* set one of them to 0"):
-        Classifier(torch.nn.Linear(1, 2), None, None, SimpleNamespace(classes=["a", "b"]), mixing, supcon=0.5)
+        Classifier(nn.Linear(1, 2), None, None, SimpleNamespace(classes=["a", "b"]), mixing, supcon=0.5)
 
 
 @pytest.fixture(scope="module")
