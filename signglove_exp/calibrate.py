@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"{personal.described}: {len(personal.calibration)} episodes calibrated the model "
             f"({lineage['method']}, {used} per class{fewer})."
         )
+    if len(personal.unlabelled):
+        print(f"{len(personal.unlabelled)} other episodes were read without their labels (selftrain).")
     if lineage["method"] != method:
         print(f"This model normalises per signer: {lineage['method']} gives it your statistics first")
     if metrics:

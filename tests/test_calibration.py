@@ -323,6 +323,43 @@ def test_a_method_step_carries_its_own_settings_and_a_bad_one_is_named(corpus):
             check_methods(["prototype", bad])
 
 
+def test_self_training_pseudo_labels_balanced_and_never_reads_the_episodes_it_is_tested_on(
+    corpus, monkeypatch
+):
+    from signglove_exp.training import adapt as adaptation
+
+    p = adaptation.balanced(torch.randn(96, 24) * 4)
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(p.sum(0), 96 / 24, atol=1e-3)  # every class an equal share
+    net, card = Recognizer.from_checkpoint(PRETRAINED).net, read_checkpoint(PRETRAINED)[0]
+    raw, labels = signer_episodes(corpus, "JY")
+    raw, labels = raw[::8], labels[::8]
+    read = []
+
+    def spy(net, card, episodes, labels, settings):
+        read.append({e.tobytes() for e in settings["unlabelled"]})
+        return net, card
+
+    monkeypatch.setitem(adaptation.ADAPTATIONS, "spy", spy)
+    monkeypatch.setattr(adaptation, "UNLABELLED", {"selftrain", "spy"})
+    settings = {"shots": [1], "draws": 1, "seed": 0, "methods": ["spy"]}
+    adaptation.few_shot_grid(net, card, raw, labels, settings)
+    calib, rest = data.draw_shots(labels, 1, 0)
+    assert len(read) == 2 and not read[0] & read[1]  # each half's model read the other half only
+    assert read[0] | read[1] == {raw[i].tobytes() for i in rest}  # never a shot
+    settings = {"epochs": 2, "lr": 1e-3, "rounds": 2, "pseudo_batch": 16, "seed": 0}
+    shots = [raw[i] for i in calib]
+    with pytest.raises(ValueError, match="selftrain: no unlabelled episodes of the person to read"):
+        adapt(net, card, shots, labels[calib], "selftrain", settings)
+    pool = [raw[i] for i in rest]
+    tuned = adapt(net, card, shots, labels[calib], "selftrain", {**settings, "unlabelled": pool})[0]
+    other = adapt(net, card, shots, labels[calib], "selftrain", {**settings, "unlabelled": pool[::2]})[0]
+    assert any(  # the pool, not the shots alone, decides the weights
+        not torch.equal(a, b)
+        for a, b in zip(tuned.state_dict().values(), other.state_dict().values(), strict=True)
+    )
+
+
 def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     corpus, tmp_path, monkeypatch, capsys
 ):
@@ -370,6 +407,18 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
     lineage = Recognizer.load(every["run_id"], uri).card.lineage
     assert lineage["shots"] == held and lineage["shots_asked"] == 500  # what was used, not what was asked
     assert f"{held} per class; 500 asked, the data holds fewer" in capsys.readouterr().out
+    with pytest.raises(
+        ValueError, match="--method selftrain reads unlabelled episodes .* holds only the shots"
+    ):
+        calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "500", "--method", "selftrain"])
+    method = "renorm+finetune_all:epochs=2+selftrain:rounds=1:epochs=2"
+    own = calibrate.main(
+        [str(PRETRAINED), "--data", str(folder), "--shots", "2", "--method", method, "--tracking-uri", uri]
+    )
+    with open(client.download_artifacts(own["run_id"], "calibration_manifest.csv", str(tmp_path / "s"))) as f:
+        roles = [r["role"] for r in csv.DictReader(f)]
+    assert roles.count("calibration") == 48 and abs(roles.count("unlabelled") - roles.count("test")) <= 1
+    assert "read without their labels (selftrain)" in capsys.readouterr().out
 
 
 def test_a_per_signer_model_reads_a_person_only_with_that_persons_statistics(tmp_path, cache_dir, capsys):

@@ -4,8 +4,10 @@ A method takes a trained network, its card and a few labelled episodes of the ne
 card's channel order) and returns the adapted network and card; `a+b` chains methods. The result is
 an ordinary model (same architecture, card with lineage), so recognition, streaming and ONNX export
 use it like any other. A step may carry its own settings, `finetune_all:epochs=100:lr=0.003`, so a
-protocol chooses settings on validation as it chooses methods. `few_shot_grid` measures every
-(shots, draw, method) on a held-out signer.
+protocol chooses settings on validation as it chooses methods. A method that also reads the person's
+unlabelled episodes (`selftrain`) finds them in `settings["unlabelled"]` (raw, labels unknown), as it
+finds its seed in `settings["seed"]`. `few_shot_grid` measures every (shots, draw, method) on a
+held-out signer.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from signglove_exp.training.finetune import freeze
 Method = Callable[[nn.Module, ModelCard, list[np.ndarray], np.ndarray, dict], tuple[nn.Module, ModelCard]]
 ADAPTATIONS: dict[str, Method] = {}
 adaptation = registrar(ADAPTATIONS)
-TUNABLE = {"epochs": int, "lr": float, "label_smoothing": float, "weight": float}  # name:key=value
+TUNABLE = {  # name:key=value
+    "epochs": int,
+    "lr": float,
+    "label_smoothing": float,
+    "weight": float,
+    "rounds": int,
+    "pseudo_batch": int,
+}
+UNLABELLED = {"selftrain"}  # the methods that read settings["unlabelled"]; a new one adds its name
 
 
 def tuning(calibration) -> dict:
@@ -130,16 +140,20 @@ def prototype_blend(net, card: ModelCard, episodes, labels, settings) -> tuple[n
 
 
 def _finetune(
-    net, card: ModelCard, episodes, labels, settings: dict, train: str, augment: bool = False
+    net, card: ModelCard, episodes, labels, settings: dict, train: str, augment: bool = False, pseudo=None
 ) -> tuple[nn.Module, ModelCard]:
     """Full-batch AdamW on the calibration episodes (`epochs` steps, `lr`, `label_smoothing`); batch
     norm keeps the base model's statistics.
     With `augment`, each step sees the shots augmented as the model's training batches were (its
-    card's `augment` strengths, seeded by `settings["seed"]`)."""
+    card's `augment` strengths, seeded by `settings["seed"]`). `pseudo`, (episodes, labels) of
+    pseudo-labelled ones, adds `pseudo_batch` of them, drawn afresh, to each step's shots."""
     net = copy.deepcopy(net)
     freeze(net, train)
     x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
     y = torch.from_numpy(labels)
+    if pseudo is not None:
+        px, plengths = (torch.from_numpy(a) for a in data.model_inputs(pseudo[0], card))
+        py, draw = torch.from_numpy(pseudo[1]), torch.Generator().manual_seed(settings.get("seed", 0))
     augmenter = None
     if augment:
         strengths = (card.config or {}).get("augment", {})
@@ -155,6 +169,9 @@ def _finetune(
     for epoch in range(settings["epochs"]):
         optimizer.zero_grad()
         batch = augmenter(x, lengths, y, len(card.classes), epoch, 0) if augmenter else (x, lengths, y)
+        if pseudo is not None:
+            pick = torch.randperm(len(py), generator=draw)[: settings["pseudo_batch"]]
+            batch = [torch.cat(two) for two in zip(batch, (px[pick], plengths[pick], py[pick]), strict=True)]
         loss = nn.functional.cross_entropy(
             net(*batch[:2]), batch[2], label_smoothing=settings.get("label_smoothing", 0.0)
         )
@@ -183,6 +200,43 @@ def finetune_augmented(net, card, episodes, labels, settings):
     return _finetune(net, card, episodes, labels, settings, "all", augment=True)
 
 
+def balanced(logits: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """Class probabilities rescaled (Sinkhorn) so that every class takes an equal share of the episodes
+    while each episode's still sum to one: a recording of every jamo about equally often, as
+    calibration asks for, keeps pseudo-labels from piling onto the classes the base model favours."""
+    p = torch.softmax(logits.double(), 1)
+    for _ in range(iterations):
+        p = p / p.sum(0, keepdim=True) * (len(p) / p.shape[1])
+        p = p / p.sum(1, keepdim=True)
+    return p.float()
+
+
+@adaptation("selftrain")
+def selftrain(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
+    """Self-training on the person's unlabelled episodes (`settings["unlabelled"]`): `rounds` times,
+    the current model labels them (balanced over classes), and a copy of the network it was given is
+    fine-tuned on the shots plus the most confident share of each class's pseudo-labels, a share that
+    grows each round (1/rounds, 2/rounds, ..., all: a curriculum); `epochs` steps of `lr`, each adding
+    `pseudo_batch` pseudo-labelled episodes to the shots. Chained after a fine-tune on the shots
+    (`finetune_all+selftrain`), its first labels are already the person's."""
+    pool = settings.get("unlabelled") or []
+    if not pool:
+        raise ValueError("selftrain: no unlabelled episodes of the person to read")
+    current, x = net, [torch.from_numpy(a) for a in data.model_inputs(pool, card)]
+    for r in range(1, settings["rounds"] + 1):
+        with torch.no_grad():
+            confidence, guess = balanced(current.eval()(*x)).max(1)
+        keep = []
+        for c in guess.unique():
+            mine = torch.nonzero(guess == c).flatten()
+            order = confidence[mine].argsort(descending=True)
+            keep.append(mine[order[: -(-len(mine) * r // settings["rounds"])]])
+        keep = torch.cat(keep).numpy()
+        pseudo = ([pool[i] for i in keep], guess.numpy()[keep])
+        current, _ = _finetune(net, card, episodes, labels, settings, "all", pseudo=pseudo)
+    return current, card
+
+
 def check_methods(methods: list[str], key: str = "calibration.methods") -> None:
     for method in methods:
         for step in str(method).split("+"):
@@ -202,6 +256,8 @@ def adapt(
     check_methods([method])
     episodes, owners = data.windows(episodes, card.seq_len)
     labels = np.asarray(labels)[owners]
+    if settings.get("unlabelled"):
+        settings = {**settings, "unlabelled": data.windows(settings["unlabelled"], card.seq_len)[0]}
     torch.manual_seed(settings.get("seed", 0))
     for step in method.split("+"):
         name, own = parse_step(step)
@@ -224,6 +280,29 @@ def metric_name(method: str) -> str:
     return method.replace("+", ".").replace(":", ".").replace("=", "_")
 
 
+def reads_unlabelled(method: str) -> bool:
+    return any(parse_step(step)[0] in UNLABELLED for step in method.split("+"))
+
+
+def _calibrate_and_test(net, card, episodes, labels, calib, rest, method: str, settings: dict) -> dict:
+    """Accuracy and loss on the `rest` after calibrating with the `calib` episodes. A method that reads
+    unlabelled episodes never reads those it is tested on: the rest is cut in two halves (seeded), each
+    half's model reads the other half unlabelled and is tested on its own, and the scores pool both."""
+    shots = [episodes[i] for i in calib]
+    if not reads_unlabelled(method):
+        tuned, tuned_card = adapt(net, card, shots, labels[calib], method, settings)
+        return evaluate(tuned, tuned_card, [episodes[i] for i in rest], labels[rest])
+    halves = np.array_split(np.random.default_rng(settings["seed"]).permutation(rest), 2)
+    scores = []
+    for tested, read in (halves, halves[::-1]):
+        own = {**settings, "unlabelled": [episodes[i] for i in read]}
+        tuned, tuned_card = adapt(net, card, shots, labels[calib], method, own)
+        scores.append(
+            (len(tested), evaluate(tuned, tuned_card, [episodes[i] for i in tested], labels[tested]))
+        )
+    return {name: sum(n * s[name] for n, s in scores) / len(rest) for name in ("acc", "loss")}
+
+
 def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray, settings: dict) -> dict:
     """Metrics `fewshot/<method>/k<k>/draw<d>/acc` and `.../loss` (and their means over draws,
     `.../k<k>/acc`; a chain's `+` logged as `.`) on a signer the network never saw: each draw's k
@@ -234,10 +313,8 @@ def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray,
     for k in sorted(int(k) for k in settings["shots"] if int(k) > 0):
         for draw in range(settings["draws"]):
             calib, rest = data.draw_shots(labels, k, settings["seed"] + draw)
-            shots = [episodes[i] for i in calib]
             for method in settings["methods"]:
-                tuned, tuned_card = adapt(net, card, shots, labels[calib], method, settings)
-                scores = evaluate(tuned, tuned_card, [episodes[i] for i in rest], labels[rest])
+                scores = _calibrate_and_test(net, card, episodes, labels, calib, rest, method, settings)
                 for name in ("acc", "loss"):
                     metrics[f"fewshot/{metric_name(method)}/k{k}/draw{draw}/{name}"] = scores[name]
     over_draws = defaultdict(list)

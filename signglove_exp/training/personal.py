@@ -19,7 +19,7 @@ from signglove_exp.inference.recognizer import Recognizer, source_run_of
 from signglove_exp.tracking.packaging import log_pyfunc
 from signglove_exp.tracking.runs import log_evaluation
 from signglove_exp.tracking.store import resolve_uri
-from signglove_exp.training.adapt import adapt, check_methods, evaluate
+from signglove_exp.training.adapt import adapt, check_methods, evaluate, reads_unlabelled
 
 
 @dataclass
@@ -32,6 +32,7 @@ class PersonalModel:
     rest: np.ndarray  # positions in `used` that measured the base and the personal model
     described: str  # what the data was, in words
     metrics: dict[str, float] = field(default_factory=dict)  # base/acc, test/acc, ... on `rest`
+    unlabelled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # read without labels
 
 
 def personalise(
@@ -39,7 +40,8 @@ def personalise(
 ) -> PersonalModel:
     """Calibrate `base` (loaded from `source`) with `shots` episodes per class of `data_dir`, drawn by
     `seed`; `settings` holds the fine-tuning settings (`adapt.tuning`). The other episodes measure both
-    models.
+    models; a method that reads unlabelled episodes (`selftrain`) reads half of them (seeded) and the
+    other half measures, so no measured episode was read.
     `shots=0` takes the statistics of all the episodes and nothing else (`renorm`, labels unused; they
     then measure the result: "unlabelled calibration"). A per_signer base model is always given the
     person's statistics first (`renorm+...`)."""
@@ -72,13 +74,21 @@ def personalise(
         calib, rest = data.draw_shots(labels, shots, seed)
         per_class = np.bincount(labels[calib])
         used = int(per_class[per_class > 0].min())  # a class with fewer episodes than asked gives all it has
+    read = np.zeros(0, np.int64)
+    if reads_unlabelled(method):
+        if not len(rest):
+            raise ValueError(
+                f"--method {method} reads unlabelled episodes of yours besides the shots, and --data "
+                f"{data_dir} holds only the shots: record more or give a --method without selftrain"
+            )
+        rest, read = (np.sort(h) for h in np.array_split(np.random.default_rng(seed).permutation(rest), 2))
     net, card = adapt(
         base.net,
         base.card,
         [raw[i] for i in calib],
         labels[calib],
         method,
-        {**settings, "seed": seed},
+        {**settings, "seed": seed, "unlabelled": [raw[i] for i in read]},
     )
     card = replace(
         card,
@@ -94,6 +104,7 @@ def personalise(
             "shots": used,
             "shots_asked": shots,
             "calibration_episodes": len(calib),
+            "unlabelled_episodes": len(read),
             "data": described,
             "data_fingerprint": corpus.fingerprint,
         },
@@ -106,7 +117,7 @@ def personalise(
         if not data.signer_statistics_needed(base.card):  # a per_signer base model reads no one alone
             before = evaluate(base.net, base.card, rest_raw, rest_labels)
             metrics.update({"base/acc": before["acc"], "base/f1_macro": before["f1_macro"]})
-    return PersonalModel(net, card, corpus, np.asarray(idx), calib, rest, described, metrics)
+    return PersonalModel(net, card, corpus, np.asarray(idx), calib, rest, described, metrics, read)
 
 
 def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, experiment: str) -> str:
@@ -120,7 +131,8 @@ def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, expe
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["path", "role", "jamo"])
             role = "statistics" if lineage["shots"] == 0 else "calibration"  # shots 0: all, and all measure
-            roles = {int(i): role for i in personal.calibration}
+            roles = {int(i): "unlabelled" for i in personal.unlabelled}  # read without labels (selftrain)
+            roles |= {int(i): role for i in personal.calibration}
             for j, i in enumerate(personal.used):
                 w.writerow([corpus.episodes[i].path, roles.get(j, "test"), corpus.episodes[i].jamo])
         params = {
@@ -132,6 +144,7 @@ def log_personal_model(personal: PersonalModel, seed: int, uri: str | None, expe
             "data": personal.described,
             "data.fingerprint": corpus.fingerprint,
             "n_calibration": len(personal.calibration),
+            "n_unlabelled": len(personal.unlabelled),
             "n_test": len(personal.rest),
             "model.name": card.name,
         }
