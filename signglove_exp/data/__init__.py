@@ -25,7 +25,7 @@ from signglove_exp.data.preprocess import (
     windows,
     write_reports,
 )
-from signglove_exp.data.splits import PARTS, STRATEGIES, draw_shots, duplicate_copies, split
+from signglove_exp.data.splits import PARTS, STRATEGIES, draw_shots, duplicate_copies, halves, split
 from signglove_exp.data.transforms import SCOPES, TRANSFORMS, apply_transforms
 
 __all__ = [
@@ -53,4 +53,5 @@ __all__ = [
     "write_reports",
     "duplicate_copies",
     "draw_shots",
+    "halves",
 ]

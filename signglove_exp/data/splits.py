@@ -121,6 +121,12 @@ def draw_shots(labels: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.nd
     return calib, np.setdiff1d(np.arange(len(labels)), calib)
 
 
+def halves(indices: np.ndarray, seed: int) -> list[np.ndarray]:
+    """The episodes a draw did not take, cut in two halves in a seeded random order: one is read
+    without labels (`selftrain`) while the other measures, so no measured episode was read."""
+    return np.array_split(np.random.default_rng(seed).permutation(indices), 2)
+
+
 def duplicate_copies(corpus: Corpus) -> dict[int, int]:
     """Byte-identical episode files: index of each copy -> index of the first file with its content."""
     first: dict[str, int] = {}

@@ -145,15 +145,15 @@ def _finetune(
     """Full-batch AdamW on the calibration episodes (`epochs` steps, `lr`, `label_smoothing`); batch
     norm keeps the base model's statistics.
     With `augment`, each step sees the shots augmented as the model's training batches were (its
-    card's `augment` strengths, seeded by `settings["seed"]`). `pseudo`, (episodes, labels) of
-    pseudo-labelled ones, adds `pseudo_batch` of them, drawn afresh, to each step's shots."""
+    card's `augment` strengths, seeded by `settings["seed"]`). `pseudo`, (x, lengths, labels) of
+    pseudo-labelled episodes as the network reads them, adds `pseudo_batch` of them, drawn afresh, to
+    each step's shots."""
     net = copy.deepcopy(net)
     freeze(net, train)
     x, lengths = (torch.from_numpy(a) for a in data.model_inputs(episodes, card))
     y = torch.from_numpy(labels)
     if pseudo is not None:
-        px, plengths = (torch.from_numpy(a) for a in data.model_inputs(pseudo[0], card))
-        py, draw = torch.from_numpy(pseudo[1]), torch.Generator().manual_seed(settings.get("seed", 0))
+        draw = torch.Generator().manual_seed(settings.get("seed", 0))
     augmenter = None
     if augment:
         strengths = (card.config or {}).get("augment", {})
@@ -170,8 +170,8 @@ def _finetune(
         optimizer.zero_grad()
         batch = augmenter(x, lengths, y, len(card.classes), epoch, 0) if augmenter else (x, lengths, y)
         if pseudo is not None:
-            pick = torch.randperm(len(py), generator=draw)[: settings["pseudo_batch"]]
-            batch = [torch.cat(two) for two in zip(batch, (px[pick], plengths[pick], py[pick]), strict=True)]
+            pick = torch.randperm(len(pseudo[2]), generator=draw)[: settings["pseudo_batch"]]
+            batch = [torch.cat((mine, theirs[pick])) for mine, theirs in zip(batch, pseudo, strict=True)]
         loss = nn.functional.cross_entropy(
             net(*batch[:2]), batch[2], label_smoothing=settings.get("label_smoothing", 0.0)
         )
@@ -231,8 +231,8 @@ def selftrain(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Modu
             mine = torch.nonzero(guess == c).flatten()
             order = confidence[mine].argsort(descending=True)
             keep.append(mine[order[: -(-len(mine) * r // settings["rounds"])]])
-        keep = torch.cat(keep).numpy()
-        pseudo = ([pool[i] for i in keep], guess.numpy()[keep])
+        keep = torch.cat(keep)
+        pseudo = (x[0][keep], x[1][keep], guess[keep])
         current, _ = _finetune(net, card, episodes, labels, settings, "all", pseudo=pseudo)
     return current, card
 
@@ -292,7 +292,7 @@ def _calibrate_and_test(net, card, episodes, labels, calib, rest, method: str, s
     if not reads_unlabelled(method):
         tuned, tuned_card = adapt(net, card, shots, labels[calib], method, settings)
         return evaluate(tuned, tuned_card, [episodes[i] for i in rest], labels[rest])
-    halves = np.array_split(np.random.default_rng(settings["seed"]).permutation(rest), 2)
+    halves = data.halves(rest, settings["seed"])
     scores = []
     for tested, read in (halves, halves[::-1]):
         own = {**settings, "unlabelled": [episodes[i] for i in read]}

@@ -81,7 +81,7 @@ def personalise(
                 f"--method {method} reads unlabelled episodes of yours besides the shots, and --data "
                 f"{data_dir} holds only the shots: record more or give a --method without selftrain"
             )
-        rest, read = (np.sort(h) for h in np.array_split(np.random.default_rng(seed).permutation(rest), 2))
+        rest, read = (np.sort(h) for h in data.halves(rest, seed))
     net, card = adapt(
         base.net,
         base.card,
