@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--shots",
         type=int,
         default=5,
-        help="labelled episodes per class (default 5); 0: statistics only",
+        help="labelled episodes per class (default 5); 0: no labels (statistics, or --method selftrain)",
     )
     ap.add_argument("--method", help="adaptation method, a+b chains (default: calibration.default_method)")
     ap.add_argument("--seed", type=int, default=0, help="draws the calibration episodes (default 0)")
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     lineage = personal.card.lineage
     used = lineage["shots"]
     fewer = f"; {args.shots} asked, the data holds fewer" if used < args.shots else ""
-    if used == 0:
+    read = len(personal.unlabelled)
+    if used == 0 and read:
+        print(f"{personal.described}: no labels; {lineage['method']} read {read} episodes without them.")
+    elif used == 0:
         print(
             f"{personal.described}: the statistics of {len(personal.calibration)} episodes (labels unused)."
         )
@@ -61,13 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"{personal.described}: {len(personal.calibration)} episodes calibrated the model "
             f"({lineage['method']}, {used} per class{fewer})."
         )
-    if len(personal.unlabelled):
-        print(f"{len(personal.unlabelled)} other episodes were read without their labels (selftrain).")
+    if read and used:
+        print(f"{read} other episodes were read without their labels (selftrain).")
     if lineage["method"] != method:
         print(f"This model normalises per signer: {lineage['method']} gives it your statistics first")
     if metrics:
         base = f"base model acc {metrics['base/acc']:.4f}, " if "base/acc" in metrics else ""
-        which = "the same" if used == 0 else "the other"
+        which = "the same" if used == 0 and not read else "the other"
         print(f"On {which} {len(personal.rest)} episodes: {base}personal model acc {metrics['test/acc']:.4f}")
     print(f"Personal model: run {run_id} (python -m signglove_exp.recognize {run_id} FILES)")
     return {"run_id": run_id, **metrics}

@@ -22,7 +22,7 @@ from signglove_exp.inference.onnx_export import export_onnx
 from signglove_exp.inference.pyfunc_model import GlovePyfunc
 from signglove_exp.inference.recognizer import Recognizer
 from signglove_exp.models import batched_logits, build_model, last_linear
-from signglove_exp.training.adapt import adapt, evaluate
+from signglove_exp.training.adapt import adapt, evaluate, metric_name
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.module import Classifier, supervised_contrastive
 from signglove_exp.training.train import train
@@ -347,6 +347,11 @@ def test_self_training_pseudo_labels_balanced_and_never_reads_the_episodes_it_is
     calib, rest = data.draw_shots(labels, 1, 0)
     assert len(read) == 2 and not read[0] & read[1]  # each half's model read the other half only
     assert read[0] | read[1] == {raw[i].tobytes() for i in rest}  # never a shot
+    monkeypatch.setattr(adaptation, "LABEL_FREE", {"spy"})  # k = 0: no shot, halves of every episode
+    read.clear()
+    grid = adaptation.few_shot_grid(net, card, raw, labels, {**settings, "shots": []})
+    assert len(read) == 2 and not read[0] & read[1] and read[0] | read[1] == {e.tobytes() for e in raw}
+    assert grid["fewshot/spy/k0/acc"] == pytest.approx(grid["fewshot/none/k0/acc"])  # halves pooled
     settings = {"epochs": 2, "lr": 1e-3, "rounds": 2, "pseudo_batch": 16, "seed": 0}
     shots = [raw[i] for i in calib]
     with pytest.raises(ValueError, match="selftrain: no unlabelled episodes of the person to read"):
@@ -354,10 +359,10 @@ def test_self_training_pseudo_labels_balanced_and_never_reads_the_episodes_it_is
     pool = [raw[i] for i in rest]
     tuned = adapt(net, card, shots, labels[calib], "selftrain", {**settings, "unlabelled": pool})[0]
     other = adapt(net, card, shots, labels[calib], "selftrain", {**settings, "unlabelled": pool[::2]})[0]
-    assert any(  # the pool, not the shots alone, decides the weights
-        not torch.equal(a, b)
-        for a, b in zip(tuned.state_dict().values(), other.state_dict().values(), strict=True)
-    )
+    blind = adapt(net, card, [], labels[:0], "selftrain", {**settings, "unlabelled": pool})[0]  # no shot
+    for a, b in ((tuned, other), (blind, net)):  # the pool, not the shots alone, decides the weights
+        pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        assert any(not torch.equal(x, y) for x, y in pairs)
 
 
 def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
@@ -419,6 +424,19 @@ def test_calibrate_turns_the_pretrained_model_into_a_logged_personal_model(
         roles = [r["role"] for r in csv.DictReader(f)]
     assert roles.count("calibration") == 48 and abs(roles.count("unlabelled") - roles.count("test")) <= 1
     assert "read without their labels (selftrain)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--shots 0 uses no labels; --method prototype needs shots"):
+        calibrate.main([str(PRETRAINED), "--data", str(folder), "--shots", "0", "--method", "prototype"])
+    blind = calibrate.main(
+        [str(PRETRAINED), "--data", str(folder), "--shots", "0", "--method", "selftrain:rounds=1:epochs=2"]
+        + ["--tracking-uri", uri]
+    )
+    manifest = client.download_artifacts(blind["run_id"], "calibration_manifest.csv", str(tmp_path / "0"))
+    with open(manifest, encoding="utf-8") as f:
+        roles = [r["role"] for r in csv.DictReader(f)]
+    assert "calibration" not in roles and abs(roles.count("unlabelled") - roles.count("test")) <= 1
+    assert f"no labels; selftrain:rounds=1:epochs=2 read {roles.count('unlabelled')} episodes" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_per_signer_model_reads_a_person_only_with_that_persons_statistics(tmp_path, cache_dir, capsys):
@@ -505,15 +523,25 @@ def test_the_calibration_sweep_reports_learning_curves_to_its_parent(tmp_path, c
         "trainer.max_epochs=1",
         "calibration.shots=[1,2]",
         "calibration.draws=2",
-        "calibration.methods=[prototype]",
+        'calibration.methods=[prototype,"selftrain:rounds=1:epochs=2"]',
         "tracking.log_model=false",
     )
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (child,) = [r for r in runs if r is not parent]
+    at_zero, logged = child.data.params["fewshot.chosen.k0"], child.data.metrics
+    on_val = {  # k = 0: as trained, or selftrain's labels of its own; validation chooses
+        m: (logged[f"val/fewshot/{m}/k0/acc"], -logged[f"val/fewshot/{m}/k0/loss"])
+        for m in ("none", "selftrain.rounds_1.epochs_2")
+    }
+    assert metric_name(at_zero) == max(on_val, key=on_val.get)
+    if at_zero == "none":
+        assert logged["fewshot/chosen/k0/acc"] == logged["fewshot/none/k0/acc"]
+    assert "fewshot/selftrain.rounds_1.epochs_2/k0/acc" not in child.data.metrics  # measured once: chosen
     report = Path(client.download_artifacts(parent.info.run_id, "report", str(tmp_path)))
     text = (report / "report.md").read_text(encoding="utf-8")
     assert "## Few-shot calibration on the held-out signer" in text
     assert "| gru | chosen |" in text and (report / "calibration_curves.png").stat().st_size > 10_000
     assert (
         "`chosen`: for each k, the method best on the validation part" in text
-        and "k=1: prototype (gru, JY)" in text
+        and f"k=0: {at_zero} (gru, JY)" in text
     )

@@ -20,7 +20,8 @@ POOLED = ("split.test_signer", "seed")  # what a curve's points pool over, with 
 
 def curves(runs: list[dict], settings: list[str]) -> dict[tuple[str, str], dict[int, list[float]]]:
     """(model and its `settings` values, method) -> k -> accuracies over held-out signers, seeds and
-    draws. k = 0 is the model as trained, shared by every method."""
+    draws. k = 0 is the model as trained, shared by every method without a k = 0 of its own (one that
+    reads the person's unlabelled episodes has one)."""
     per_draw = defaultdict(lambda: defaultdict(list))
     for r in runs:
         metrics = r["metrics"]
@@ -28,11 +29,12 @@ def curves(runs: list[dict], settings: list[str]) -> dict[tuple[str, str], dict[
             [r["params"].get("model.name", "?"), *(f"{k}={r['params'].get(k)}" for k in settings)]
         )
         methods = {m["method"] for k in metrics if (m := KEY.match(k)) and m["method"] != "none"}
+        own_k0 = {m["method"] for k in metrics if (m := KEY.match(k)) and m["k"] == "0"}
         for key, value in metrics.items():
             m = KEY.match(key)
             if not m or "/draw" not in key and m["k"] != "0":
                 continue
-            for method in methods if m["method"] == "none" else [m["method"]]:
+            for method in sorted(methods - own_k0) if m["method"] == "none" else [m["method"]]:
                 per_draw[(model, method.replace(".", "+"))][int(m["k"])].append(value)
     return {key: dict(sorted(ks.items())) for key, ks in per_draw.items()}
 
@@ -50,7 +52,8 @@ def calibration_section(runs: list[dict], out_dir: Path, varying: list[str]) -> 
         "",
         "Test accuracy on the held-out signer's other episodes after calibrating with k labelled episodes "
         "per class; mean [lowest, highest] over held-out signers x seeds x draws (the signers differ "
-        "systematically, so their range, not a t-interval, is shown). k = 0: no calibration.",
+        "systematically, so their range, not a t-interval, is shown). k = 0: no labelled episode (a "
+        "method that reads the person's unlabelled episodes was tested on those it did not read).",
         "",
         "| model | method | " + " | ".join(f"k={k}" for k in shots) + " |",
         "|---|---|" + "---:|" * len(shots),

@@ -41,6 +41,7 @@ TUNABLE = {  # name:key=value
     "pseudo_batch": int,
 }
 UNLABELLED = {"selftrain"}  # the methods that read settings["unlabelled"]; a new one adds its name
+LABEL_FREE = {"renorm", "adabn", *UNLABELLED}  # the methods that work with no shot (k = 0)
 
 
 def tuning(calibration) -> dict:
@@ -65,12 +66,18 @@ def parse_step(step: str, key: str = "calibration.methods") -> tuple[str, dict]:
     return name, own
 
 
+def _of_person(episodes, settings) -> list[np.ndarray]:
+    """Every episode of the person a label-free step may read: the shots and the unlabelled ones."""
+    return [*episodes, *(settings.get("unlabelled") or [])]
+
+
 @adaptation("renorm")
 def renorm(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
-    """Normalisation statistics re-estimated from the new signer's episodes (labels unused); the card
-    says the scaler is now the signer's, so a per_signer model reads that person's episodes alone."""
+    """Normalisation statistics re-estimated from the new signer's episodes, the shots and any read
+    unlabelled (labels unused); the card says the scaler is now the signer's, so a per_signer model
+    reads that person's episodes alone."""
     values, names = data.apply_transforms(
-        episodes, card.channels, (card.preprocess or {}).get("transforms", {})
+        _of_person(episodes, settings), card.channels, (card.preprocess or {}).get("transforms", {})
     )
     preprocess = {**(card.preprocess or {}), "scaler_of": "signer"}
     return net, replace(card, scaler=data.fit_scaler(values, names, card.seq_len), preprocess=preprocess)
@@ -79,7 +86,7 @@ def renorm(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module,
 @adaptation("adabn")
 @torch.no_grad()
 def adabn(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, ModelCard]:
-    """Batch-norm statistics re-estimated on the new signer's episodes (labels unused; AdaBN): the
+    """Batch-norm statistics re-estimated on the new signer's episodes, as renorm's (AdaBN): the
     MS3D towers then see that person's feature scales as the training signers' were. A network without
     batch norm is refused, not returned unchanged under a name that says it adapted."""
     net = copy.deepcopy(net).eval()
@@ -91,7 +98,7 @@ def adabn(net, card: ModelCard, episodes, labels, settings) -> tuple[nn.Module, 
         m.reset_running_stats()
         m.momentum = None  # a cumulative average: one pass over all the episodes sets it
         m.train()
-    net(*(torch.from_numpy(a) for a in data.model_inputs(episodes, card)))
+    net(*(torch.from_numpy(a) for a in data.model_inputs(_of_person(episodes, settings), card)))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     return net.eval(), card
@@ -171,7 +178,8 @@ def _finetune(
         batch = augmenter(x, lengths, y, len(card.classes), epoch, 0) if augmenter else (x, lengths, y)
         if pseudo is not None:
             pick = torch.randperm(len(pseudo[2]), generator=draw)[: settings["pseudo_batch"]]
-            batch = [torch.cat((mine, theirs[pick])) for mine, theirs in zip(batch, pseudo, strict=True)]
+            theirs = [part[pick] for part in pseudo]
+            batch = [torch.cat(pair) for pair in zip(batch, theirs, strict=True)] if len(y) else theirs
         loss = nn.functional.cross_entropy(
             net(*batch[:2]), batch[2], label_smoothing=settings.get("label_smoothing", 0.0)
         )
@@ -284,6 +292,11 @@ def reads_unlabelled(method: str) -> bool:
     return any(parse_step(step)[0] in UNLABELLED for step in method.split("+"))
 
 
+def label_free(method: str) -> bool:
+    """Whether `method` calibrates from the person's recordings with no labelled shot (k = 0)."""
+    return all(parse_step(step)[0] in LABEL_FREE for step in method.split("+"))
+
+
 def _calibrate_and_test(net, card, episodes, labels, calib, rest, method: str, settings: dict) -> dict:
     """Accuracy and loss on the `rest` after calibrating with the `calib` episodes. A method that reads
     unlabelled episodes never reads those it is tested on: the rest is cut in two halves (seeded), each
@@ -307,9 +320,15 @@ def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray,
     """Metrics `fewshot/<method>/k<k>/draw<d>/acc` and `.../loss` (and their means over draws,
     `.../k<k>/acc`; a chain's `+` logged as `.`) on a signer the network never saw: each draw's k
     episodes per class calibrate, the rest are tested. k = 0 is the base model on all of the signer's
-    episodes (method `none`)."""
+    episodes (method `none`) and each label-free method that reads unlabelled episodes (`selftrain`),
+    cross-fitted on halves of them (one cut, no draws)."""
     check_methods(settings["methods"])
-    metrics = {"fewshot/none/k0/acc": evaluate(net, card, episodes, labels)["acc"]}
+    before = evaluate(net, card, episodes, labels)
+    metrics = {"fewshot/none/k0/acc": before["acc"], "fewshot/none/k0/loss": before["loss"]}
+    every, none = np.arange(len(labels)), np.zeros(0, np.int64)
+    for method in [m for m in settings["methods"] if label_free(m) and reads_unlabelled(m)]:
+        scores = _calibrate_and_test(net, card, episodes, labels, none, every, method, settings)
+        metrics.update({f"fewshot/{metric_name(method)}/k0/{name}": scores[name] for name in ("acc", "loss")})
     for k in sorted(int(k) for k in settings["shots"] if int(k) > 0):
         for draw in range(settings["draws"]):
             calib, rest = data.draw_shots(labels, k, settings["seed"] + draw)

@@ -19,7 +19,7 @@ from signglove_exp.inference.recognizer import Recognizer, source_run_of
 from signglove_exp.tracking.packaging import log_pyfunc
 from signglove_exp.tracking.runs import log_evaluation
 from signglove_exp.tracking.store import resolve_uri
-from signglove_exp.training.adapt import adapt, check_methods, evaluate, reads_unlabelled
+from signglove_exp.training.adapt import adapt, check_methods, evaluate, label_free, reads_unlabelled
 
 
 @dataclass
@@ -42,18 +42,19 @@ def personalise(
     `seed`; `settings` holds the fine-tuning settings (`adapt.tuning`). The other episodes measure both
     models; a method that reads unlabelled episodes (`selftrain`) reads half of them (seeded) and the
     other half measures, so no measured episode was read.
-    `shots=0` takes the statistics of all the episodes and nothing else (`renorm`, labels unused; they
-    then measure the result: "unlabelled calibration"). A per_signer base model is always given the
-    person's statistics first (`renorm+...`)."""
+    `shots=0` uses no label ("unlabelled calibration"): `renorm` takes the statistics of all the
+    episodes, which all then measure the result; a label-free method that reads unlabelled episodes
+    (`selftrain`) reads half of them and the other half measures. A per_signer base model is always
+    given the person's statistics first (`renorm+...`)."""
     if shots < 0:
-        raise ValueError(f"--shots {shots}: 0 (statistics only) or more episodes per class")
-    if shots == 0 and method != "renorm":
+        raise ValueError(f"--shots {shots}: 0 (no labels) or more episodes per class")
+    check_methods([method], "--method")
+    if shots == 0 and not label_free(method):
         raise ValueError(
-            f"--shots 0 takes your recordings' statistics only (renorm); --method {method} needs shots"
+            f"--shots 0 uses no labels; --method {method} needs shots (with none: renorm, or selftrain)"
         )
     if data.signer_statistics_needed(base.card) and not method.startswith("renorm"):
         method = f"renorm+{method}"
-    check_methods([method], "--method")
     if base.net is None:
         raise ValueError(f"{source}: an ONNX file holds no weights to adapt; give its checkpoint or run")
     corpus, idx, described = episodes_to_evaluate(base, data_dir)
@@ -67,9 +68,11 @@ def personalise(
             "changes what the others read (their scores are rescaled and outscored, and nothing here "
             "could measure it): record every class"
         )
-    if shots == 0:  # statistics only: every episode, labels unused; they all measure the result
+    if shots == 0 and not reads_unlabelled(method):  # statistics only: of every episode, all measure
         calib = rest = np.arange(len(labels))
         used = 0
+    elif shots == 0:
+        calib, rest, used = np.zeros(0, np.int64), np.arange(len(labels)), 0
     else:
         calib, rest = data.draw_shots(labels, shots, seed)
         per_class = np.bincount(labels[calib])
@@ -97,6 +100,8 @@ def personalise(
             "source_run": source_run_of(source),
             "source_lineage": base.card.lineage or None,
             "adapted": f"statistics of {len(calib)} unlabelled episode(s)"
+            if shots == 0 and not len(read)
+            else f"unlabelled: {method}, {len(read)} episode(s) read without labels"
             if shots == 0
             else f"calibrated: {method}, {used} episode(s) per class"
             + (f" ({shots} asked; the data holds fewer)" if used < shots else ""),

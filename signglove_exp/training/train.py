@@ -25,7 +25,14 @@ from signglove_exp.tracking import logger as run_logger
 from signglove_exp.tracking import packaging, records, runs, sweep
 from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import redact, tracking_uri
-from signglove_exp.training.adapt import adapt, check_methods, few_shot_grid, metric_name
+from signglove_exp.training.adapt import (
+    adapt,
+    check_methods,
+    few_shot_grid,
+    label_free,
+    metric_name,
+    reads_unlabelled,
+)
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.checkpoint_io import AtomicCheckpointIO
 from signglove_exp.training.finetune import freeze
@@ -248,16 +255,22 @@ def calibration(cfg, prepared: data.Prepared, module: Classifier) -> tuple[dict[
         cell = f"fewshot/{metric_name(method)}/k{k}"
         return on_val[f"{cell}/acc"], -on_val[f"{cell}/loss"]
 
-    chosen = {
-        k: max(settings["methods"], key=lambda m: on_val_score(m, k))
+    unlabelled = [m for m in settings["methods"] if label_free(m) and reads_unlabelled(m)]
+    chosen = {0: max(["none", *unlabelled], key=lambda m: on_val_score(m, 0))} if unlabelled else {}
+    chosen.update(
+        (k, max(settings["methods"], key=lambda m: on_val_score(m, k)))
         for k in sorted(int(k) for k in settings["shots"] if int(k) > 0)
-    }
+    )
     metrics = {f"val/{key}": value for key, value in on_val.items()}
-    metrics.update(_grid(prepared, module, "test", {**settings, "shots": []}))  # k = 0
+    metrics.update(_grid(prepared, module, "test", {**settings, "shots": [], "methods": []}))  # k = 0
     for k, method in chosen.items():
+        if method == "none":  # k = 0 as trained: measured just above
+            as_trained = {key: v for key, v in metrics.items() if key.startswith("fewshot/none/")}
+            metrics.update({key.replace("/none/", "/chosen/"): v for key, v in as_trained.items()})
+            continue
         on_test = _grid(prepared, module, "test", {**settings, "shots": [k], "methods": [method]})
-        name = f"/{metric_name(method)}/"
-        metrics.update({key.replace(name, "/chosen/"): v for key, v in on_test.items() if name in key})
+        cell = f"/{metric_name(method)}/k{k}/"
+        metrics.update({key.replace(cell, f"/chosen/k{k}/"): v for key, v in on_test.items() if cell in key})
     return metrics, {f"fewshot.chosen.k{k}": method for k, method in chosen.items()}
 
 
