@@ -297,6 +297,12 @@ def label_free(method: str) -> bool:
     return all(parse_step(step)[0] in LABEL_FREE for step in method.split("+"))
 
 
+def at_zero_shots(methods: list[str]) -> list[str]:
+    """The methods measured at k = 0 beside the model as trained: those that need no shot and read
+    the person's unlabelled episodes (one that reads none would have nothing to calibrate on)."""
+    return [m for m in methods if label_free(m) and reads_unlabelled(m)]
+
+
 def _calibrate_and_test(net, card, episodes, labels, calib, rest, method: str, settings: dict) -> dict:
     """Accuracy and loss on the `rest` after calibrating with the `calib` episodes. A method that reads
     unlabelled episodes never reads those it is tested on: the rest is cut in two halves (seeded), each
@@ -326,7 +332,7 @@ def few_shot_grid(net: nn.Module, card: ModelCard, episodes, labels: np.ndarray,
     before = evaluate(net, card, episodes, labels)
     metrics = {"fewshot/none/k0/acc": before["acc"], "fewshot/none/k0/loss": before["loss"]}
     every, none = np.arange(len(labels)), np.zeros(0, np.int64)
-    for method in [m for m in settings["methods"] if label_free(m) and reads_unlabelled(m)]:
+    for method in at_zero_shots(settings["methods"]):
         scores = _calibrate_and_test(net, card, episodes, labels, none, every, method, settings)
         metrics.update({f"fewshot/{metric_name(method)}/k0/{name}": scores[name] for name in ("acc", "loss")})
     for k in sorted(int(k) for k in settings["shots"] if int(k) > 0):

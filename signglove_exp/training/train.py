@@ -25,14 +25,7 @@ from signglove_exp.tracking import logger as run_logger
 from signglove_exp.tracking import packaging, records, runs, sweep
 from signglove_exp.tracking.queries import run_metrics
 from signglove_exp.tracking.store import redact, tracking_uri
-from signglove_exp.training.adapt import (
-    adapt,
-    check_methods,
-    few_shot_grid,
-    label_free,
-    metric_name,
-    reads_unlabelled,
-)
+from signglove_exp.training.adapt import adapt, at_zero_shots, check_methods, few_shot_grid, metric_name
 from signglove_exp.training.augment import Augmenter
 from signglove_exp.training.checkpoint_io import AtomicCheckpointIO
 from signglove_exp.training.finetune import freeze
@@ -255,7 +248,7 @@ def calibration(cfg, prepared: data.Prepared, module: Classifier) -> tuple[dict[
         cell = f"fewshot/{metric_name(method)}/k{k}"
         return on_val[f"{cell}/acc"], -on_val[f"{cell}/loss"]
 
-    unlabelled = [m for m in settings["methods"] if label_free(m) and reads_unlabelled(m)]
+    unlabelled = at_zero_shots(settings["methods"])
     chosen = {0: max(["none", *unlabelled], key=lambda m: on_val_score(m, 0))} if unlabelled else {}
     chosen.update(
         (k, max(settings["methods"], key=lambda m: on_val_score(m, k)))
